@@ -1,0 +1,1 @@
+"""modaloom core: registry, specs, composition, runner, data plumbing and CLI."""

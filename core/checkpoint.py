@@ -1,0 +1,164 @@
+"""Checkpoints: safetensors weights plus training state, written to a temporary directory and
+renamed, so a directory named ``step-N`` is always complete.
+
+Layout of ``OUTPUT/checkpoints/step-00000050/``::
+
+    model.safetensors     weights (shared tensors stored once), momentum copies and queues included
+    state.pt              optimizer, scheduler, step, stage, data position (torch.save)
+    rng-rank{r}.pt        python/numpy/torch RNG states of each rank
+    meta.json             step, stage, spec, modaloom version
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from modaloom.core.errors import CheckpointError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+
+
+def checkpoint_name(step: int) -> str:
+    """Directory name of the checkpoint after ``step`` optimizer steps."""
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (temporary directories ignored)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    found = [p for p in found if (p / META_FILE).is_file() and (p / MODEL_FILE).is_file()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint, or ``None``."""
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def staging_dir(root: Path, step: int) -> Path:
+    """Where a checkpoint is assembled before the rename (ignored by `--resume`)."""
+    return root / f".tmp-{checkpoint_name(step)}"
+
+
+def write_checkpoint(
+    root: Path, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    """Write weights, state and meta into the staging directory and rename it (main process).
+
+    Raises:
+        CheckpointError: the directory cannot be written (permissions, full disk).
+    """
+    final = root / checkpoint_name(step)
+    tmp = staging_dir(root, step)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(tmp / MODEL_FILE))
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"cannot write checkpoint to {final}: {exc.strerror or exc}; "
+            "free disk space or pass another --output"
+        ) from exc
+    return final
+
+
+def write_rng(root: Path, step: int, rank: int) -> None:
+    """Each rank stores its RNG states in the staging directory, before the main rank renames it.
+
+    Raises:
+        CheckpointError: the directory cannot be written.
+    """
+    tmp = staging_dir(root, step)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write checkpoint to {tmp}: {exc.strerror or exc}; "
+            "free disk space or pass another --output"
+        ) from exc
+
+
+def load_weights(model: nn.Module, directory: Path) -> None:
+    """Load ``model.safetensors`` strictly.
+
+    Raises:
+        CheckpointError: listing missing, unexpected or mis-shaped parameters.
+    """
+    path = directory / MODEL_FILE
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as exc:
+        shapes = "\n  ".join(line.strip() for line in str(exc).splitlines() if "size mismatch" in line)
+        raise CheckpointError(
+            f"checkpoint {directory} does not match this model (was it made by another spec?):\n  "
+            f"{shapes or exc}"
+        ) from None
+    if missing or unexpected:
+        lines = [f"missing: {name}" for name in missing] + [f"unexpected: {name}" for name in unexpected]
+        raise CheckpointError(
+            f"checkpoint {directory} does not match this model (was it made by another spec?):\n  "
+            + "\n  ".join(lines[:20])
+            + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
+        )
+
+
+def load_state(directory: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Training state and this rank's RNG state (``None`` when the rank count changed)."""
+    state = torch.load(directory / STATE_FILE, weights_only=True)
+    rng_path = directory / f"rng-rank{rank}.pt"
+    rng = torch.load(rng_path, weights_only=True) if rng_path.is_file() else None
+    return state, rng
+
+
+def prune_checkpoints(root: Path, keep_last: int | None) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints."""
+    if keep_last is None:
+        return
+    for old in complete_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""The ``modaloom`` command line. User mistakes print one message on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pluggy
+
+from modaloom.core.errors import ModaloomError
+from modaloom.core.plugins import default_registry
+from modaloom.core.spec import build_spec_class, load_spec
+
+EXIT_USER_ERROR = 2
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    """Register a sub-command handler."""
+
+    def wrap(function: Command) -> Command:
+        COMMANDS[name] = function
+        return function
+
+    return wrap
+
+
+def default_output(spec_arg: str) -> Path:
+    """``runs/<spec file stem or preset name>``, so ``--resume`` finds the same run."""
+    return Path("runs") / Path(spec_arg).stem
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from modaloom.core.runner import train
+
+    spec = load_spec(args.spec, args.set)
+    output = Path(args.output) if args.output else default_output(args.spec)
+    result = train(spec, output, resume=args.resume, show_progress=not args.no_progress)
+    print(f"trained {result.step} steps; last loss {result.last_loss:.4f}; "
+          f"checkpoint {result.checkpoint}")
+    return 0
+
+
+@command("validate")
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec, args.set)
+    stages = spec.train.resolved_stages()
+    print(f"{args.spec}: valid ({len(spec.model.components)} components, "
+          f"{len(spec.model.objectives)} objectives, {len(spec.data.sources)} sources, "
+          f"{sum(s.steps for s in stages)} steps in {len(stages)} stage(s))")
+    return 0
+
+
+@command("plugins")
+def cmd_plugins(args: argparse.Namespace) -> int:
+    rows = [{"kind": c.kind, "name": c.name, "plugin": c.plugin, "description": c.description}
+            for c in default_registry()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    widths = [max(len(str(r[k])) for r in rows) for k in ("kind", "name", "plugin")]
+    for row in rows:
+        cells = [str(row[k]).ljust(w) for k, w in zip(("kind", "name", "plugin"), widths, strict=True)]
+        print("  ".join([*cells, row["description"]]).rstrip())
+    return 0
+
+
+@command("presets")
+def cmd_presets(args: argparse.Namespace) -> int:
+    for component in default_registry().of_kind("preset"):
+        print(f"{component.name:<16} {component.description}  [{component.plugin}]")
+    return 0
+
+
+@command("schema")
+def cmd_schema(args: argparse.Namespace) -> int:
+    schema = json.dumps(build_spec_class(default_registry()).model_json_schema(), indent=2)
+    if args.output:
+        Path(args.output).write_text(schema + "\n")
+    else:
+        print(schema)
+    return 0
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="a YAML spec file or a preset name (see `modaloom presets`)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec value, e.g. --set train.steps=100 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="modaloom", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train a spec or preset")
+    add_spec_arguments(train)
+    train.add_argument("--output", help="run directory (default: runs/<spec name>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the last complete checkpoint in --output")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    validate = sub.add_parser("validate", help="check a spec without running it")
+    add_spec_arguments(validate)
+    plugins = sub.add_parser("plugins", help="list registered components and their plugins")
+    plugins.add_argument("--json", action="store_true", help="print JSON objects")
+    sub.add_parser("presets", help="list named specs")
+    schema = sub.add_parser("schema", help="print the JSON Schema of specs")
+    schema.add_argument("--output", help="write to a file instead of stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``modaloom`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (ModaloomError, pluggy.PluginValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

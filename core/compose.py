@@ -1,0 +1,226 @@
+"""Composition: turn ``spec.model`` into a `LoomModel` of named components and objectives."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from modaloom.core.errors import SpecError
+from modaloom.core.interfaces import Batch, EncoderOutput, Objective, Processor
+from modaloom.core.registry import Registry
+
+
+@dataclass
+class BuildContext:
+    """What factories may read while the model is built.
+
+    Attributes:
+        registry: the registry the spec was validated against.
+        processors: the data spec's processors by modality (a text encoder reads the tokenizer).
+        components: components built so far, by name (decoders find what they share with).
+        specs: the component specs by name.
+    """
+
+    registry: Registry
+    processors: Mapping[str, Processor] = field(default_factory=dict)
+    components: dict[str, nn.Module] = field(default_factory=dict)
+    specs: dict[str, Any] = field(default_factory=dict)
+
+    def output_dim(self, component: str) -> int:
+        """D of a built component's `EncoderOutput`."""
+        module = self.component(component)
+        dim = getattr(module, "output_dim", 0)
+        if not dim:
+            raise SpecError([(f"model.components.{component}", "this component has no output_dim")])
+        return int(dim)
+
+    def component(self, name: str) -> nn.Module:
+        """A component by name, with a spec error naming what exists when it is unknown."""
+        if name not in self.components:
+            raise SpecError(
+                [("model.objectives", f"refers to component {name!r}; components are "
+                  f"{sorted(self.components)}")]
+            )
+        return self.components[name]
+
+
+class LoomOutput(NamedTuple):
+    """Result of one `LoomModel` forward pass.
+
+    Attributes:
+        loss: the weighted sum of every objective's terms, a scalar.
+        terms: every ``<objective>/<term>_loss`` unweighted, detached.
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+class FeatureCache:
+    """Encodes each component's input at most once per batch.
+
+    Objectives read ``features["text"]`` (an `EncoderOutput`), ``features.batch`` and
+    ``features.components``.
+    """
+
+    def __init__(self, model: LoomModel, batch: Batch) -> None:
+        self.model = model
+        self.batch = batch
+        self.components = model.components
+        self._cache: dict[str, EncoderOutput] = {}
+
+    def __getitem__(self, name: str) -> EncoderOutput:
+        if name not in self._cache:
+            self._cache[name] = self.model.encode(name, self.batch)
+        return self._cache[name]
+
+    def present(self, name: str) -> Tensor:
+        """(B,) bool: which samples carry the field that component ``name`` reads."""
+        return self.batch[self.model.input_field(name, self.batch)]["present"].bool()
+
+
+class LoomModel(nn.Module):
+    """Named components plus weighted objectives.
+
+    Args:
+        components: encoders and decoders by name (shared modules may appear twice).
+        inputs: for each encoder, the batch fields it may read, in order of preference.
+        objectives: built objectives with their names and weights.
+    """
+
+    def __init__(
+        self,
+        components: dict[str, nn.Module],
+        inputs: dict[str, tuple[str, ...]],
+        objectives: list[tuple[str, float, Objective]],
+    ) -> None:
+        super().__init__()
+        self.components = nn.ModuleDict(components)
+        self.inputs = inputs
+        self.objectives = nn.ModuleList([objective for _, _, objective in objectives])
+        self.objective_names = [name for name, _, _ in objectives]
+        self.objective_weights = [weight for _, weight, _ in objectives]
+
+    def input_field(self, name: str, batch: Batch) -> str:
+        """The batch field component ``name`` encodes in this batch."""
+        for candidate in self.inputs.get(name, ()):
+            if candidate in batch:
+                return candidate
+        raise KeyError(
+            f"component {name!r} reads one of {list(self.inputs.get(name, ()))}, "
+            f"but the batch holds {sorted(k for k in batch if not k.startswith('__'))}"
+        )
+
+    def encode(self, name: str, batch: Batch) -> EncoderOutput:
+        """Run component ``name`` on its field of ``batch``."""
+        output: EncoderOutput = self.components[name](batch[self.input_field(name, batch)])
+        return output
+
+    def forward(self, batch: Batch) -> LoomOutput:
+        """Compute every objective on one batch, encoding each component once."""
+        features = FeatureCache(self, batch)
+        total: Tensor | None = None
+        terms: dict[str, Tensor] = {}
+        for name, weight, objective in zip(
+            self.objective_names, self.objective_weights, self.objectives, strict=True
+        ):
+            for term, value in objective(features).items():
+                if not term.endswith("_loss"):
+                    terms[f"{name}/{term}"] = value.detach()
+                    continue
+                terms[f"{name}/{term}"] = value.detach()
+                weighted = weight * value
+                total = weighted if total is None else total + weighted
+        if total is None:
+            raise RuntimeError("no objective returned a `*_loss` term; add an objective")
+        return LoomOutput(total, terms)
+
+    def after_optimizer_step(self) -> None:
+        """Let objectives update momentum copies and the like."""
+        for objective in self.objectives:
+            objective.after_optimizer_step()  # type: ignore[operator]
+
+
+def _default_inputs(registry: Registry, spec: Any) -> tuple[str, ...]:
+    if spec.input is not None:
+        return tuple(part.strip() for part in spec.input.split(","))
+    kind = "encoder" if spec.type in registry.names("encoder") else "decoder"
+    modality = registry.get(kind, spec.type).extra.get("modality", ())
+    return (modality,) if isinstance(modality, str) else tuple(modality)
+
+
+def _build_component(name: str, spec: Any, ctx: BuildContext) -> nn.Module:
+    kind = "encoder" if spec.type in ctx.registry.names("encoder") else "decoder"
+    entry = ctx.registry.get(kind, spec.type)
+    if spec.share_with is not None and not entry.extra.get("partial_sharing", False):
+        target = ctx.components[spec.share_with]
+        if ctx.specs[spec.share_with].type != spec.type:
+            raise SpecError(
+                [(f"model.components.{name}.share_with", f"{spec.type!r} cannot share all "
+                  f"parameters with a {ctx.specs[spec.share_with].type!r}; use the same type")]
+            )
+        return target
+    assert entry.factory is not None
+    module: nn.Module = entry.factory(spec, ctx)
+    if spec.freeze:
+        module.requires_grad_(False)
+    return module
+
+
+def _build_order(components: Mapping[str, Any]) -> list[str]:
+    order: list[str] = []
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in trail:
+            raise SpecError([("model.components", f"share_with forms a cycle: {trail + (name,)}")])
+        target = components[name].share_with
+        if target is not None:
+            visit(target, (*trail, name))
+        order.append(name)
+
+    for name in components:
+        visit(name, ())
+    return order
+
+
+def build_model(
+    model_spec: Any, registry: Registry, processors: Mapping[str, Processor] | None = None
+) -> LoomModel:
+    """Build the components (in ``share_with`` order) and then the objectives.
+
+    Args:
+        model_spec: the validated ``spec.model``.
+        registry: where component types are looked up.
+        processors: the data processors (tokenizer facts for text components).
+    """
+    ctx = BuildContext(registry, processors or {}, specs=dict(model_spec.components))
+    inputs: dict[str, tuple[str, ...]] = {}
+    for name in _build_order(model_spec.components):
+        spec = model_spec.components[name]
+        ctx.components[name] = _build_component(name, spec, ctx)
+        inputs[name] = _default_inputs(registry, spec)
+    objectives: list[tuple[str, float, Objective]] = []
+    for index, spec in enumerate(model_spec.objectives):
+        entry = registry.get("objective", spec.type)
+        assert entry.factory is not None
+        base = spec.name or spec.type
+        name = base if base not in [n for n, _, _ in objectives] else f"{base}_{index}"
+        objectives.append((name, spec.weight, entry.factory(spec, ctx)))
+    return LoomModel(ctx.components, inputs, objectives)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def no_grad_encode(model: LoomModel, name: str, batch: Batch) -> EncoderOutput:
+    """Encode without building a graph (evaluation)."""
+    with torch.no_grad():
+        return model.encode(name, batch)

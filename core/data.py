@@ -1,0 +1,274 @@
+"""Data plumbing: build sources and processors, decode samples, and plan batches for resume.
+
+The training stream is a pure function of (seed, stage, micro-batch index): every worker and
+every rank computes the same plan of (source, position) pairs and decodes only its own
+micro-batches, so the stream is identical with 0, 1 or N workers and a resumed run continues
+exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from modaloom.core.errors import DataError, MediaDecodeError
+from modaloom.core.interfaces import Batch, DataContext, Processor, RawSample, Source
+from modaloom.core.registry import Registry
+
+log = logging.getLogger(__name__)
+
+RESERVED_FIELDS = ("__key__", "label")
+
+
+def build_sources(specs: Mapping[str, Any], registry: Registry) -> dict[str, Source]:
+    """Instantiate ``data.sources`` (or ``data.eval_sources``) by name."""
+    sources = {}
+    for name, spec in specs.items():
+        factory = registry.get("source", spec.type).factory
+        assert factory is not None
+        sources[name] = factory(spec)
+    return sources
+
+
+def build_processors(
+    data_spec: Any,
+    registry: Registry,
+    sources: Mapping[str, Source],
+    artifact_dir: Path | None = None,
+) -> dict[str, Processor]:
+    """One processor per registered modality, configured from ``data.<modality>``."""
+
+    def texts() -> Iterator[str]:
+        for source in sources.values():
+            yield from source.texts()
+
+    ctx = DataContext(artifact_dir=artifact_dir, texts=texts)
+    processors = {}
+    for component in registry.of_kind("modality"):
+        assert component.factory is not None
+        config = getattr(data_spec, component.name, None)
+        processors[component.name] = component.factory(config, ctx)
+    return processors
+
+
+@dataclass
+class SampleDecoder:
+    """Decodes raw samples with the processors and collates them, skipping corrupt ones."""
+
+    processors: Mapping[str, Processor]
+    train: bool
+    on_error: str = "skip"
+
+    def decode(self, raw: RawSample, rng: random.Random) -> dict[str, Any]:
+        """All modality fields of one sample (raises `MediaDecodeError`)."""
+        key = str(raw.get("__key__", "?"))
+        out: dict[str, Any] = {"__key__": key, "label": raw.get("label")}
+        for name, value in raw.items():
+            if name in RESERVED_FIELDS or name not in self.processors:
+                continue
+            out[name] = self.processors[name].process(value, key=key, train=self.train, rng=rng)
+        if len(out) == 2:
+            raise MediaDecodeError(key, f"no field any processor reads (fields: {sorted(raw)})")
+        return out
+
+    def decode_many(self, raws: Sequence[tuple[RawSample, random.Random]]) -> tuple[list, list]:
+        """Decode samples; returns (decoded, [(key, reason) of skipped])."""
+        decoded, skipped = [], []
+        for raw, rng in raws:
+            try:
+                decoded.append(self.decode(raw, rng))
+            except MediaDecodeError as exc:
+                if self.on_error == "raise":
+                    raise
+                skipped.append((exc.key, exc.cause))
+        return decoded, skipped
+
+    def collate(self, decoded: list[dict[str, Any]], skipped: list[tuple[str, str]]) -> Batch:
+        """Stack decoded samples into a `Batch` (see core.interfaces for the layout)."""
+        batch: Batch = {"__keys__": [d["__key__"] for d in decoded], "__skipped__": skipped}
+        fields = {name for d in decoded for name in d if name in self.processors}
+        for name in sorted(fields):
+            batch[name] = self.processors[name].collate([d.get(name) for d in decoded])
+        labels = [d.get("label") for d in decoded]
+        if any(label is not None for label in labels):
+            batch["labels"] = torch.tensor([-1 if v is None else int(v) for v in labels])
+        return batch
+
+
+@dataclass
+class StreamPlan:
+    """Which sample of which source fills each slot of each micro-batch.
+
+    ``cursors[i]`` counts samples drawn so far from source i; a map-style source serves
+    position c from a per-epoch seeded permutation.
+    """
+
+    names: list[str]
+    weights: list[float]
+    lengths: list[int | None]
+    seed: int
+    batch_size: int
+    cursors: list[int] = field(default_factory=list)
+    micro: int = 0
+
+    def __post_init__(self) -> None:
+        self.cursors = self.cursors or [0] * len(self.names)
+        self._perm: dict[tuple[int, int], np.ndarray] = {}
+
+    def next_micro_batch(self) -> list[tuple[int, int]]:
+        """(source index, source position) for each slot of the next micro-batch."""
+        rng = random.Random(f"plan:{self.seed}:{self.micro}")
+        slots = []
+        for _ in range(self.batch_size):
+            source = rng.choices(range(len(self.names)), self.weights)[0] if len(self.names) > 1 else 0
+            slots.append((source, self.cursors[source]))
+            self.cursors[source] += 1
+        self.micro += 1
+        return slots
+
+    def index(self, source: int, position: int) -> int:
+        """Map a source position to a sample index (shuffled per epoch)."""
+        length = self.lengths[source]
+        assert length is not None
+        epoch, offset = divmod(position, length)
+        if (source, epoch) not in self._perm:
+            self._perm = {k: v for k, v in self._perm.items() if k[0] != source}
+            self._perm[(source, epoch)] = np.random.default_rng([self.seed, source, epoch]).permutation(length)
+        return int(self._perm[(source, epoch)][offset])
+
+    def copy(self) -> StreamPlan:
+        """An independent plan at the same position."""
+        return replace(self, cursors=list(self.cursors))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position to save in a checkpoint."""
+        return {"micro": self.micro, "cursors": list(self.cursors)}
+
+
+class TrainStream(IterableDataset):
+    """Micro-batches ``start..stop-1`` of a plan; each DataLoader worker decodes its share.
+
+    With ``world`` ranks, micro-batch m of rank r is plan batch ``m * world + r``.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        plan: StreamPlan,
+        decoder: SampleDecoder,
+        stop: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.sources, self.plan, self.decoder = list(sources), plan, decoder
+        self.stop, self.rank, self.world = stop, rank, world
+        self._iterators: dict[int, Iterator[RawSample]] = {}
+
+    def _raw(self, source: int, position: int) -> RawSample:
+        src = self.sources[source]
+        if src.is_map_style:
+            return src[self.plan.index(source, position)]
+        return self._next_streamed(source)
+
+    def _next_streamed(self, source: int) -> RawSample:
+        """Next sample of a streaming source; every worker reads every sample (no index)."""
+        if source not in self._iterators:
+            self._iterators[source] = self._restart(source, skip=self.plan.cursors[source])
+        sample = next(self._iterators[source], None)
+        if sample is None:
+            self._iterators[source] = self._restart(source, skip=0)
+            sample = next(self._iterators[source], None)
+        if sample is None:
+            raise DataError(f"data source {self.plan.names[source]!r} yielded no sample")
+        return sample
+
+    def _restart(self, source: int, skip: int) -> Iterator[RawSample]:
+        iterator = iter(self.sources[source].iter_raw())
+        for _ in range(skip):
+            if next(iterator, None) is None:
+                iterator = iter(self.sources[source].iter_raw())
+        return iterator
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = self.plan.copy()
+        start = plan.micro
+        while plan.micro < self.stop * self.world:
+            micro = plan.micro
+            slots = plan.next_micro_batch()
+            local = micro // self.world - start // self.world
+            mine = micro % self.world == self.rank and local % workers == worker
+            if not mine:
+                for source, _ in slots:  # streaming sources advance in every worker
+                    if not self.sources[source].is_map_style:
+                        self._next_streamed(source)
+                continue
+            raws = [(self._raw(s, p), random.Random(f"aug:{plan.seed}:{micro}:{i}"))
+                    for i, (s, p) in enumerate(slots)]
+            decoded, skipped = self.decoder.decode_many(raws)
+            if not decoded:
+                reasons = "; ".join(f"{k}: {r}" for k, r in skipped[:3])
+                raise DataError(f"every sample of micro-batch {micro} failed to decode ({reasons})")
+            yield self.decoder.collate(decoded, skipped)
+
+
+def make_train_loader(stream: TrainStream, num_workers: int, seed: int = 0) -> DataLoader:
+    """A DataLoader that keeps the stream's order (workers take micro-batches in turn).
+
+    It has its own generator, so creating it never consumes the global torch RNG (a resumed run
+    would otherwise draw different dropout masks).
+    """
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def iterate_source(source: Source) -> Iterator[RawSample]:
+    """Every sample of a source once, in order (map-style by index, others by iteration)."""
+    if source.is_map_style:
+        for index in range(len(source)):
+            yield source[index]
+    else:
+        yield from source.iter_raw()
+
+
+class EvalStream(IterableDataset):
+    """Every sample once, in order, without augmentation; rank r takes batches b % world == r."""
+
+    def __init__(
+        self, source: Source, decoder: SampleDecoder, batch_size: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.source, self.decoder, self.batch_size = source, decoder, batch_size
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        pending: list[RawSample] = []
+        index = 0
+        for raw in iterate_source(self.source):
+            pending.append(raw)
+            if len(pending) == self.batch_size:
+                yield from self._emit(index, pending, worker, workers)
+                index, pending = index + 1, []
+        if pending:
+            yield from self._emit(index, pending, worker, workers)
+
+    def _emit(self, index: int, raws: list[RawSample], worker: int, workers: int) -> Iterator[Batch]:
+        if index % self.world != self.rank or (index // self.world) % workers != worker:
+            return
+        rngs = [random.Random(f"eval:{index}:{i}") for i in range(len(raws))]
+        decoded, skipped = self.decoder.decode_many(list(zip(raws, rngs)))
+        if decoded:
+            yield self.decoder.collate(decoded, skipped)

@@ -1,0 +1,59 @@
+"""Exceptions that carry a user-facing message; the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ModaloomError(Exception):
+    """Base class of every error whose message is meant for the user."""
+
+
+class UnknownComponentError(ModaloomError, KeyError):
+    """A spec or call names a component that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
+        names = sorted(available)
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(names) if names else "(none registered)"
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Available: {listing}.")
+        self.kind, self.name, self.close_matches = kind, name, close
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DuplicateComponentError(ModaloomError):
+    """Two plugins registered the same (kind, name)."""
+
+
+class PluginImportError(ModaloomError):
+    """A plugin named by an entry point or explicitly could not be imported."""
+
+
+class SpecError(ModaloomError):
+    """A spec failed to validate; `problems` holds (path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "spec") -> None:
+        self.problems = problems
+        lines = [f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        lines += [f"  {path}: {message}" for path, message in problems]
+        super().__init__("\n".join(lines))
+
+
+class MediaDecodeError(ModaloomError):
+    """A sample's media could not be decoded; the data layer skips and counts it."""
+
+    def __init__(self, key: str, cause: str) -> None:
+        super().__init__(f"cannot decode sample {key!r}: {cause}")
+        self.key, self.cause = key, cause
+
+
+class CheckpointError(ModaloomError):
+    """A checkpoint is missing, incomplete or does not match the model."""
+
+
+class DataError(ModaloomError):
+    """A data source is unreachable, empty or misconfigured."""

@@ -1,0 +1,42 @@
+"""Hook specifications: one ``modaloom_register_<kind>(registry)`` hook per kind of component.
+
+A plugin module implements any of these with ``@modaloom.hookimpl`` and calls ``registry.add``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from modaloom.core.registry import Registry
+
+PROJECT = "modaloom"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def modaloom_register_modalities(registry: Registry) -> None:
+    """Register modalities (processors) and their encoders and decoders."""
+
+
+@hookspec
+def modaloom_register_objectives(registry: Registry) -> None:
+    """Register objectives (losses with their heads)."""
+
+
+@hookspec
+def modaloom_register_sources(registry: Registry) -> None:
+    """Register data sources."""
+
+
+@hookspec
+def modaloom_register_evaluators(registry: Registry) -> None:
+    """Register evaluators (retrieval, captioning, QA, zero-shot, ...)."""
+
+
+@hookspec
+def modaloom_register_presets(registry: Registry) -> None:
+    """Register named specs (YAML files or dicts)."""

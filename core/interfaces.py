@@ -1,0 +1,141 @@
+"""The contracts between the runner and plugins: processors, encoders, objectives, sources.
+
+Batch layout (what the data layer yields and the model consumes)::
+
+    {
+      "__keys__": list[str],                       # sample keys, for logging
+      "__skipped__": int,                          # corrupt samples dropped while building it
+      "text":  {"input_ids": (B, L), "attention_mask": (B, L), "present": (B,)},
+      "image": {"pixel_values": (B, 3, H, W), "present": (B,)},
+      "labels": (B,) long, -1 where a sample has no class label (optional),
+      ...                                           # one entry per modality field present
+    }
+
+A modality field missing from every sample of a batch is absent from the batch; a field missing
+from some samples is zero-filled there and its ``present`` mask is False.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from modaloom.core.compose import FeatureCache
+
+Batch = dict[str, Any]
+RawSample = dict[str, Any]
+"""A sample as a source yields it: ``{"__key__": str, "<modality>": bytes | str | path, ...}``."""
+
+
+class EncoderOutput(NamedTuple):
+    """What every encoder returns.
+
+    Attributes:
+        sequence: token features, (B, N, D).
+        pooled: one global feature per sample, (B, D).
+        mask: (B, N) with 1 for valid tokens, or ``None`` when all are valid.
+    """
+
+    sequence: Tensor
+    pooled: Tensor
+    mask: Tensor | None
+
+
+@dataclass
+class DataContext:
+    """What processor factories may use.
+
+    Attributes:
+        artifact_dir: a directory where a processor saves learned state (a trained tokenizer)
+            and from which it reloads it on resume or evaluation; ``None`` keeps nothing.
+        texts: returns an iterator over the training captions (for training a tokenizer).
+    """
+
+    artifact_dir: Path | None = None
+    texts: Callable[[], Iterator[str]] = lambda: iter(())
+
+
+class Processor(ABC):
+    """Decodes and transforms one modality field of a raw sample, then collates a batch."""
+
+    @abstractmethod
+    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+        """Decode one sample's field.
+
+        Raises:
+            MediaDecodeError: the value is corrupt or unsupported.
+        """
+
+    @abstractmethod
+    def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        """Stack per-sample outputs (``None`` = field missing) into a batch with a ``present`` mask."""
+
+    def save(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Persist learned state (a trained tokenizer) so evaluation and resume reuse it."""
+
+
+class Encoder(nn.Module):
+    """Base of encoder components: maps a modality's collated tensors to an `EncoderOutput`.
+
+    Attributes:
+        modality: the batch field it reads by default (``text``, ``image``, ...).
+        output_dim: D of its `EncoderOutput`.
+    """
+
+    modality: str = ""
+    output_dim: int = 0
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Objective(nn.Module):
+    """Base of objectives: reads features from the cache and returns ``*_loss`` terms."""
+
+    def forward(self, features: FeatureCache) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called once after every optimizer step (momentum updates and the like)."""
+
+
+class Source(ABC):
+    """Yields raw samples. Map-style sources implement ``__len__`` and ``__getitem__``."""
+
+    def texts(self, limit: int | None = None) -> Iterator[str]:
+        """Captions of this source, for training a tokenizer; decodes no media."""
+        for index, sample in enumerate(self.iter_raw()):
+            if limit is not None and index >= limit:
+                return
+            text = sample.get("text")
+            if isinstance(text, str):
+                yield text
+
+    @abstractmethod
+    def iter_raw(self) -> Iterator[RawSample]:
+        """Every sample once, in storage order."""
+
+    def __len__(self) -> int:
+        raise TypeError(f"{type(self).__name__} is not map-style")
+
+    def __getitem__(self, index: int) -> RawSample:
+        raise TypeError(f"{type(self).__name__} is not map-style")
+
+    @property
+    def is_map_style(self) -> bool:
+        """Whether samples can be fetched by index (needed for exact, cheap resume)."""
+        return type(self).__getitem__ is not Source.__getitem__
+
+
+def zeros_like_first(items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+    """A zero-filled template for missing entries, shaped like the first present item."""
+    template = next(item for item in items if item is not None)
+    return {name: torch.zeros_like(value) for name, value in template.items()}

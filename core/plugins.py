@@ -1,0 +1,106 @@
+"""Plugin loading: built-ins and entry points through one pluggy manager, once, explicitly."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Sequence
+from types import ModuleType
+
+import pluggy
+
+from modaloom.core import hookspecs
+from modaloom.core.errors import PluginImportError
+from modaloom.core.registry import Registry
+
+ENTRY_POINT_GROUP = "modaloom"
+
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "modaloom.modalities.text",
+    "modaloom.modalities.image",
+    "modaloom.objectives.contrastive",
+    "modaloom.plugins.manifest",
+    "modaloom.plugins.presets",
+)
+
+REGISTER_HOOKS: tuple[str, ...] = (
+    "modaloom_register_modalities",
+    "modaloom_register_objectives",
+    "modaloom_register_sources",
+    "modaloom_register_evaluators",
+    "modaloom_register_presets",
+)
+
+_default: Registry | None = None
+
+
+def _import_plugin(name: str, target: str) -> ModuleType:
+    try:
+        return importlib.import_module(target)
+    except Exception as exc:  # any failure inside a plugin is reported the same way
+        raise PluginImportError(f'Error importing plugin "{name}": {exc!r}') from exc
+
+
+def make_plugin_manager(
+    *, entry_points: bool = True, extra: Sequence[ModuleType | str] = ()
+) -> pluggy.PluginManager:
+    """Build a pluggy manager with the built-ins, installed entry points and ``extra`` plugins.
+
+    Args:
+        entry_points: also load plugins from the ``modaloom`` entry-point group.
+        extra: plugin modules (or importable module names) given explicitly.
+
+    Raises:
+        PluginImportError: a plugin failed to import; the message names it and the cause.
+        pluggy.PluginValidationError: a plugin implements a hook that does not exist.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for target in BUILTIN_PLUGINS:
+        pm.register(_import_plugin(target, target), name=target)
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if pm.get_plugin(ep.name) is None:
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    raise PluginImportError(f'Error importing plugin "{ep.name}": {exc!r}') from exc
+                pm.register(plugin, name=ep.name)
+    for item in extra:
+        module = _import_plugin(item, item) if isinstance(item, str) else item
+        pm.register(module, name=module.__name__)
+    pm.check_pending()
+    return pm
+
+
+def fill_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call every register hook, one implementation at a time, so each entry knows its plugin."""
+    registry = Registry()
+    for hook_name in REGISTER_HOOKS:
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            registry.current_plugin = impl.plugin_name
+            impl.function(registry=registry)
+    registry.current_plugin = "<direct>"
+    return registry
+
+
+def load_plugins(
+    *, entry_points: bool = True, extra: Sequence[ModuleType | str] = ()
+) -> Registry:
+    """Load the built-in and installed plugins into a new `Registry`."""
+    return fill_registry(make_plugin_manager(entry_points=entry_points, extra=extra))
+
+
+def default_registry() -> Registry:
+    """The process-wide registry of built-ins plus installed plugins, loaded on first call."""
+    global _default
+    if _default is None:
+        _default = load_plugins()
+    return _default
+
+
+def reset_default_registry() -> None:
+    """Forget the cached registry (tests that install or remove plugins call this)."""
+    global _default
+    _default = None

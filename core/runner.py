@@ -1,0 +1,320 @@
+"""The one training loop: Accelerate, stages, accumulation, clipping, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
+from tqdm.auto import tqdm
+
+from modaloom.core import checkpoint as ckpt
+from modaloom.core.compose import LoomModel, build_model
+from modaloom.core.data import (
+    SampleDecoder,
+    StreamPlan,
+    TrainStream,
+    build_processors,
+    build_sources,
+    make_train_loader,
+)
+from modaloom.core.errors import CheckpointError, ModaloomError
+from modaloom.core.interfaces import Batch, Processor, Source
+from modaloom.core.optim import make_optimizer, make_scheduler
+from modaloom.core.registry import Registry
+from modaloom.core.spec import spec_to_tree
+from modaloom.core.spec_models import StageSpec
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE, METRICS_FILE, ARTIFACTS_DIR, CHECKPOINTS_DIR = (
+    "spec.yaml", "metrics.jsonl", "artifacts", "checkpoints",
+)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        output_dir: the run directory.
+        step: optimizer steps completed.
+        last_loss: the loss of the last step (mean over ranks).
+        checkpoint: the last checkpoint written.
+        skipped_samples: corrupt samples skipped on this rank.
+    """
+
+    output_dir: Path
+    step: int
+    last_loss: float
+    checkpoint: Path | None
+    skipped_samples: int = 0
+
+
+def make_accelerator(precision: str, accumulation: int) -> Accelerator:
+    """An `Accelerator` on CUDA when present, else CPU (gloo under torchrun)."""
+    cuda = torch.cuda.is_available()
+    if precision == "fp16" and not cuda:
+        raise ModaloomError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(
+        cpu=not cuda, mixed_precision=mixed, gradient_accumulation_steps=accumulation,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def check_writable(directory: Path) -> None:
+    """Fail early, with one message, when the output directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write to output directory {directory}: {exc.strerror or exc}; "
+            "pass a writable --output"
+        ) from exc
+
+
+@dataclass
+class TrainingSession:
+    """Everything one run holds; `run` trains the remaining stages."""
+
+    spec: Any
+    output_dir: Path
+    accelerator: Accelerator
+    sources: dict[str, Source]
+    processors: dict[str, Processor]
+    model: LoomModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    show_progress: bool = True
+    step: int = 0
+    data_state: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
+    last_checkpoint: Path | None = None
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir / CHECKPOINTS_DIR
+
+    @property
+    def unwrapped(self) -> LoomModel:
+        return self.accelerator.unwrap_model(self.model)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self) -> None:
+        """Load the newest complete checkpoint, if any (a fresh start otherwise)."""
+        latest = ckpt.latest_checkpoint(self.checkpoint_root)
+        if latest is None:
+            log.info("no complete checkpoint in %s; starting from scratch", self.checkpoint_root)
+            return
+        ckpt.load_weights(self.unwrapped, latest)
+        state, rng = ckpt.load_state(latest, self.accelerator.process_index)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.data_state = int(state["step"]), dict(state["data"])
+        self.skipped = int(state.get("skipped", 0))
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        self.last_checkpoint = latest
+        if self.accelerator.is_main_process:
+            truncate_metrics(self.output_dir / METRICS_FILE, self.step)
+        log.info("resumed from %s at step %d", latest, self.step)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> TrainResult:
+        """Train every stage that is not finished yet; checkpoint at the end."""
+        stages = self.spec.train.resolved_stages()
+        total = sum(stage.steps for stage in stages)
+        bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.show_progress and self.accelerator.is_main_process))
+        last_loss, first_step = float("nan"), 0
+        for index, stage in enumerate(stages):
+            if self.step < first_step + stage.steps:
+                last_loss = self.run_stage(index, stage, first_step, bar)
+            first_step += stage.steps
+        bar.close()
+        if self.last_checkpoint is None or ckpt.checkpoint_name(self.step) != self.last_checkpoint.name:
+            self.save_checkpoint()
+        return TrainResult(self.output_dir, self.step, last_loss, self.last_checkpoint, self.skipped)
+
+    def stage_plan(self, index: int, stage: StageSpec, done: int) -> tuple[list[Source], StreamPlan]:
+        """The stage's sources and its stream plan, at the saved position when resuming."""
+        names = stage.sources or list(self.spec.data.sources)
+        specs = self.spec.data.sources
+        sources = [self.sources[name] for name in names]
+        plan = StreamPlan(
+            names=names, weights=[specs[n].weight for n in names],
+            lengths=[len(s) if s.is_map_style else None for s in sources],
+            seed=self.spec.train.seed * 1000 + index, batch_size=self.spec.data.batch_size,
+        )
+        if self.data_state.get("stage") == stage.name:
+            plan.micro, plan.cursors = self.data_state["micro"], list(self.data_state["cursors"])
+        else:
+            accum, world = self.spec.train.gradient_accumulation, self.accelerator.num_processes
+            for _ in range(done * accum * world):  # no saved position: replay the plan
+                plan.next_micro_batch()
+        return sources, plan
+
+    def run_stage(self, index: int, stage: StageSpec, first_step: int, bar: tqdm) -> float:
+        """Train one stage from the current step to its end; returns the last loss."""
+        train, acc = self.spec.train, self.accelerator
+        done = self.step - first_step
+        sources, plan = self.stage_plan(index, stage, done)
+        tracker = plan.copy()
+        decoder = SampleDecoder(self.processors, train=True, on_error=self.spec.data.on_error)
+        stream = TrainStream(sources, plan, decoder, stop=stage.steps * train.gradient_accumulation,
+                             rank=acc.process_index, world=acc.num_processes)
+        loader = make_train_loader(stream, self.spec.data.num_workers, seed=train.seed + index)
+        self.model.train()
+        step_loss, micro, last = torch.zeros(()), 0, float("nan")
+        started = time.perf_counter()
+        for batch in loader:
+            self.note_skipped(batch)
+            terms, loss = self.micro_step(batch)
+            step_loss += loss.detach().float().cpu() / train.gradient_accumulation
+            micro += 1
+            for _ in range(acc.num_processes):
+                tracker.next_micro_batch()
+            if micro % train.gradient_accumulation:
+                continue
+            self.step += 1
+            self.unwrapped.after_optimizer_step()
+            self.data_state = {"stage": stage.name, **tracker.state_dict()}
+            bar.update(1)
+            if self.step % train.log_every == 0 or self.step == first_step + stage.steps:
+                last = self.log_metrics(stage.name, step_loss, terms, started, bar)
+            if self.step % train.checkpoint_every == 0:
+                self.save_checkpoint()
+            step_loss = torch.zeros(())
+        return last
+
+    def micro_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Forward and backward of one micro-batch; the optimizer steps on the last one."""
+        acc, train = self.accelerator, self.spec.train
+        batch = send_to_device(batch, acc.device)
+        with acc.accumulate(self.model):
+            with acc.autocast():
+                output = self.model(batch)
+            acc.backward(output.loss)
+            if acc.sync_gradients and train.max_grad_norm is not None:
+                acc.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return output.terms, output.loss
+
+    def note_skipped(self, batch: Batch) -> None:
+        """Log and count the corrupt samples the loader dropped from this batch."""
+        for key, reason in batch.pop("__skipped__", []):
+            log.warning("skipped sample %s: %s", key, reason)
+            self.skipped += 1
+
+    def log_metrics(self, stage: str, loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                    started: float, bar: tqdm) -> float:
+        """Append one line to metrics.jsonl (main process) and update the bar."""
+        acc = self.accelerator
+        values = torch.stack([loss.to(acc.device), *[t.float().to(acc.device) for t in terms.values()]])
+        values = acc.reduce(values, reduction="mean")
+        skipped = acc.reduce(torch.tensor(float(self.skipped), device=acc.device), reduction="sum")
+        record: dict[str, Any] = {"step": self.step, "stage": stage, "loss": float(values[0])}
+        record.update({name: float(v) for name, v in zip(terms, values[1:], strict=True)})
+        record.update({"lr": self.scheduler.get_last_lr()[0], "skipped_samples": int(skipped),
+                       "elapsed_s": round(time.perf_counter() - started, 3)})
+        if acc.is_main_process:
+            with (self.output_dir / METRICS_FILE).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        return record["loss"]
+
+    def save_checkpoint(self) -> None:
+        """Every rank writes its RNG state; the main rank writes the rest and renames."""
+        acc = self.accelerator
+        ckpt.write_rng(self.checkpoint_root, self.step, acc.process_index)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "step": self.step, "data": self.data_state, "skipped": self.skipped}
+            meta = {"step": self.step, "data": self.data_state, "spec": spec_to_tree(self.spec),
+                    "world_size": acc.num_processes}
+            self.last_checkpoint = ckpt.write_checkpoint(
+                self.checkpoint_root, self.step, self.unwrapped, state, meta
+            )
+            ckpt.prune_checkpoints(self.checkpoint_root, self.spec.train.keep_last)
+        acc.wait_for_everyone()
+        self.last_checkpoint = self.checkpoint_root / ckpt.checkpoint_name(self.step)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after ``step`` by a run that was killed (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def setup_session(spec: Any, output_dir: Path, registry: Registry, show_progress: bool = True
+                  ) -> TrainingSession:
+    """Build accelerator, data, model and optimizer for ``spec`` (no resume yet)."""
+    train = spec.train
+    accelerator = make_accelerator(train.precision, train.gradient_accumulation)
+    set_seed(train.seed)
+    if accelerator.is_main_process:
+        check_writable(output_dir)
+        (output_dir / SPEC_FILE).write_text(yaml.safe_dump(spec_to_tree(spec), sort_keys=False))
+    sources = build_sources(spec.data.sources, registry)
+    artifacts = output_dir / ARTIFACTS_DIR
+    with accelerator.main_process_first():
+        processors = build_processors(spec.data, registry, sources, artifacts)
+        if accelerator.is_main_process:
+            artifacts.mkdir(parents=True, exist_ok=True)
+            for processor in processors.values():
+                processor.save(artifacts)
+    set_seed(train.seed)  # model init does not depend on how the tokenizer was obtained
+    model = build_model(spec.model, registry, processors)
+    optimizer = make_optimizer(model, train.optimizer)
+    total = sum(stage.steps for stage in train.resolved_stages())
+    scheduler = make_scheduler(optimizer, total, train.scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return TrainingSession(spec, output_dir, accelerator, sources, processors, model, optimizer,
+                           scheduler, show_progress)
+
+
+def train(
+    spec: Any,
+    output_dir: str | Path,
+    *,
+    registry: Registry | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``spec`` into ``output_dir``; with ``resume`` continue from the last checkpoint.
+
+    Args:
+        spec: a validated spec from `load_spec`.
+        output_dir: run directory (spec.yaml, metrics.jsonl, artifacts/, checkpoints/).
+        registry: the registry the spec was validated with (the default one when omitted).
+        resume: continue from the newest complete checkpoint in ``output_dir``.
+        show_progress: show a tqdm bar on the main process.
+    """
+    if registry is None:
+        from modaloom.core.plugins import default_registry
+
+        registry = default_registry()
+    session = setup_session(spec, Path(output_dir), registry, show_progress)
+    if resume:
+        session.resume()
+    return session.run()

@@ -1,0 +1,280 @@
+"""Experiment specs: dynamic unions from the registry, presets, overrides and `load_spec`."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+
+from modaloom.core.errors import SpecError
+from modaloom.core.registry import Kind, Registry
+from modaloom.core.spec_models import (
+    ComponentSpec,
+    EvaluatorSpec,
+    ObjectiveSpec,
+    SourceSpec,
+    Spec,
+    TrainSpec,
+)
+
+_KIND_OF_SECTION: dict[str, str] = {
+    "components": "encoder or decoder",
+    "objectives": "objective",
+    "sources": "source",
+    "eval_sources": "source",
+    "eval": "evaluator",
+}
+_CACHE_ATTR = "_spec_class"
+
+
+def _union(registry: Registry, kinds: Sequence[Kind], base: type[BaseModel]) -> Any:
+    """A discriminated union over the config models registered under ``kinds``."""
+    models = [c.config for kind in kinds for c in registry.of_kind(kind) if c.config is not None]
+    if not models:
+        return base
+    for model in models:
+        tag = model.model_fields["type"].annotation
+        if get_args(tag) == () or not issubclass(model, base):
+            raise TypeError(
+                f"{model.__name__} must subclass {base.__name__} with `type: Literal[...]`"
+            )
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+
+
+def _modality_fields(registry: Registry) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for component in registry.of_kind("modality"):
+        if component.config is not None:
+            fields[component.name] = (component.config, component.config())
+    return fields
+
+
+def build_spec_class(registry: Registry) -> type[Spec]:
+    """Create the `ExperimentSpec` model for this registry (cached on the registry)."""
+    cached = getattr(registry, _CACHE_ATTR, None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    component = _union(registry, ("encoder", "decoder"), ComponentSpec)
+    objective = _union(registry, ("objective",), ObjectiveSpec)
+    source = _union(registry, ("source",), SourceSpec)
+    evaluator = _union(registry, ("evaluator",), EvaluatorSpec)
+    model_spec = create_model(
+        "ModelSpec",
+        __base__=Spec,
+        components=(dict[str, component], ...),  # type: ignore[valid-type]
+        objectives=(list[objective], ...),  # type: ignore[valid-type]
+    )
+    data_spec = create_model(
+        "DataSpec",
+        __base__=Spec,
+        sources=(dict[str, source], ...),  # type: ignore[valid-type]
+        eval_sources=(dict[str, source], {}),  # type: ignore[valid-type]
+        batch_size=(int, Field(32, gt=0)),
+        eval_batch_size=(int | None, Field(None, gt=0)),
+        num_workers=(int, Field(0, ge=0)),
+        on_error=(Literal["skip", "raise"], "skip"),
+        **_modality_fields(registry),
+    )
+    spec_class = create_model(
+        "ExperimentSpec",
+        __base__=ExperimentSpecBase,
+        model=(model_spec, ...),
+        data=(data_spec, ...),
+        train=(TrainSpec, ...),
+        eval=(list[evaluator], []),  # type: ignore[valid-type]
+    )
+    setattr(registry, _CACHE_ATTR, spec_class)
+    return spec_class
+
+
+class ExperimentSpecBase(Spec):
+    """Cross-section rules shared by every generated `ExperimentSpec`."""
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> ExperimentSpecBase:
+        model, data, train = self.model, self.data, self.train  # type: ignore[attr-defined]
+        problems = []
+        for name, comp in model.components.items():
+            if comp.share_with is not None and comp.share_with not in model.components:
+                problems.append(
+                    f"model.components.{name}.share_with names {comp.share_with!r}, which is not "
+                    f"a component; use one of {sorted(model.components)}"
+                )
+        for index, stage in enumerate(train.stages):
+            for source in stage.sources or []:
+                if source not in data.sources:
+                    problems.append(
+                        f"train.stages.{index}.sources names {source!r}, which is not in "
+                        f"data.sources; use one of {sorted(data.sources)}"
+                    )
+        for index, evaluator in enumerate(self.eval):  # type: ignore[attr-defined]
+            if evaluator.source not in data.eval_sources and evaluator.source not in data.sources:
+                problems.append(
+                    f"eval.{index}.source names {evaluator.source!r}; add it to data.eval_sources"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# ---------------------------------------------------------------- loading and merging
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge mappings recursively; lists and scalars in ``override`` replace those in ``base``."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.path=value`` override in place (the value is parsed as YAML)."""
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path:
+        raise SpecError([("--set", f"{assignment!r} is not KEY=VALUE, e.g. train.steps=100")])
+    value = yaml.safe_load(raw) if raw else ""
+    keys = path.split(".")
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                where = ".".join(keys[:depth])
+                raise SpecError([(path, f"{where} has {len(node)} items; index {key} is invalid")])
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise SpecError([(path, f"{'.'.join(keys[:depth])} is a value, not a section")])
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError([(str(path), f"not valid YAML: {exc}")], source=str(path)) from exc
+    except OSError as exc:
+        raise SpecError([(str(path), f"cannot read: {exc.strerror}")], source=str(path)) from exc
+    if not isinstance(data, dict):
+        raise SpecError([(str(path), "the top level must be a mapping")], source=str(path))
+    return data
+
+
+def preset_tree(name: str, registry: Registry) -> dict[str, Any]:
+    """The raw (unresolved) mapping of a registered preset."""
+    component = registry.get("preset", name)
+    assert component.factory is not None
+    return dict(component.factory())
+
+
+def resolve_tree(
+    source: str | Path | Mapping[str, Any], registry: Registry, _seen: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Load a spec file, preset name or mapping and merge its ``base:`` chain."""
+    if isinstance(source, Mapping):
+        tree = dict(source)
+    elif Path(source).is_file():
+        tree = _read_yaml(Path(source))
+    elif str(source) in registry.names("preset"):
+        tree = preset_tree(str(source), registry)
+    else:
+        presets = registry.names("preset")
+        close = difflib.get_close_matches(str(source), presets, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise SpecError(
+            [(str(source), f"no such file and no preset of that name.{hint} "
+              f"Presets: {', '.join(presets) or '(none)'}")]
+        )
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if base in _seen:
+        raise SpecError([("base", f"presets inherit in a cycle: {' -> '.join((*_seen, base))}")])
+    return deep_merge(resolve_tree(base, registry, (*_seen, str(base))), tree)
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    loc = [str(part) for part in error["loc"]]
+    kind = next((_KIND_OF_SECTION[p] for p in reversed(loc) if p in _KIND_OF_SECTION), "component")
+    ctx = error.get("ctx") or {}
+    single_type = error["type"] == "literal_error" and loc[-1:] == ["type"]
+    if single_type:  # only one type registered for this section: not a union
+        loc, ctx = loc[:-1], {"tag": error.get("input"), "expected_tags": ctx.get("expected", "")}
+    if error["type"] == "union_tag_invalid" or single_type:
+        tag = str(ctx.get("tag"))
+        expected = [t.strip(" '\"") for t in str(ctx.get("expected_tags", "")).replace(" or ", ",").split(",")]
+        close = difflib.get_close_matches(tag, expected, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return ".".join([*loc, "type"]), (
+            f"unknown {kind} {tag!r}.{hint} Available: {', '.join(sorted(expected))}."
+        )
+    if error["type"] == "union_tag_not_found":
+        expected = str(ctx.get("expected_tags", ""))
+        return ".".join([*loc, "type"]), f"missing `type`; set it to one of {expected}."
+    if error["type"] == "extra_forbidden":
+        return ".".join(loc), "unknown field; remove it or fix its spelling."
+    if error["type"] == "missing":
+        return ".".join(loc), "required field is missing; add it."
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return ".".join(loc) or "spec", message
+
+
+def validate_tree(tree: Mapping[str, Any], registry: Registry, source: str = "spec") -> Spec:
+    """Validate a resolved mapping into an `ExperimentSpec`, raising `SpecError`."""
+    spec_class = build_spec_class(registry)
+    try:
+        return spec_class.model_validate(tree)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise SpecError(problems, source=source) from None
+
+
+def load_spec(
+    source: str | Path | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    registry: Registry | None = None,
+) -> Any:
+    """Resolve presets and ``base:``, apply ``--set`` overrides, and validate.
+
+    Args:
+        source: a YAML file, a registered preset name, or an already parsed mapping.
+        overrides: ``dotted.path=value`` strings applied after ``base:`` merging.
+        registry: the registry to validate against (the default one when omitted).
+
+    Returns:
+        An instance of the registry's `ExperimentSpec` model.
+
+    Raises:
+        SpecError: listing every problem with its path and how to fix it.
+    """
+    if registry is None:
+        from modaloom.core.plugins import default_registry
+
+        registry = default_registry()
+    tree = resolve_tree(source, registry)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    label = str(source) if not isinstance(source, Mapping) else "spec"
+    return validate_tree(tree, registry, source=label)
+
+
+def spec_to_tree(spec: BaseModel) -> dict[str, Any]:
+    """A spec as a plain mapping (what `load_spec` would accept back)."""
+    return spec.model_dump(mode="json", exclude_none=False)

@@ -1,0 +1,1 @@
+"""Modality plugins: one file per modality with its processor and encoders."""

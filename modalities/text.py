@@ -1,0 +1,219 @@
+"""Text modality: WordPiece tokenizer (loaded or trained from captions) and the BERT encoder."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from torch import Tensor
+from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
+
+from modaloom.core.compose import BuildContext
+from modaloom.core.errors import MediaDecodeError, SpecError
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import DataContext, Encoder, EncoderOutput, Processor
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ComponentSpec, Spec
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[ENC]", "[DEC]")
+TOKENIZER_DIRNAME = "tokenizer"
+
+
+class TextSpec(Spec):
+    """Text processing (``data.text``)."""
+
+    tokenizer: str | None = None
+    """Directory of a Hugging Face tokenizer; when omitted a WordPiece vocabulary is trained."""
+    vocab_size: int = Field(8000, ge=len(SPECIAL_TOKENS) + 1)
+    """Vocabulary size when training a tokenizer from the captions."""
+    max_texts: int | None = Field(200_000, gt=0)
+    """Captions read to train a tokenizer (``null`` reads all)."""
+    max_length: int = Field(30, ge=4)
+    """Tokens per text, [CLS] and [SEP] included; longer texts are truncated."""
+    lowercase: bool = True
+    """Lowercase before WordPiece (a trained tokenizer only)."""
+
+
+def train_wordpiece(texts: Any, vocab_size: int, lowercase: bool = True) -> PreTrainedTokenizerFast:
+    """Train a BERT-style WordPiece tokenizer on an iterable of strings.
+
+    The vocabulary holds [PAD]=0, [UNK], [CLS], [SEP], [MASK], [ENC] and [DEC] first.
+    """
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]",
+        additional_special_tokens=["[ENC]"],
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer directory (no network); adds [ENC]/[DEC] when missing, as BLIP does."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise SpecError([("data.text.tokenizer", f"cannot load a tokenizer from {path}: {exc}")])
+    missing = [t for t in ("[ENC]", "[DEC]") if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    return tokenizer  # type: ignore[no-any-return]
+
+
+class TextProcessor(Processor):
+    """Tokenizes captions; a list of captions picks one at random in training, the first in eval."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.vocab_size = len(tokenizer)
+
+    def token_id(self, token: str) -> int:
+        """Id of a special token such as ``[MASK]``, ``[ENC]`` or ``[DEC]``."""
+        return int(self.tokenizer.convert_tokens_to_ids(token))
+
+    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+        if isinstance(value, list | tuple):
+            if not value:
+                raise MediaDecodeError(key, "empty list of captions")
+            value = rng.choice(list(value)) if train else value[0]
+        if not isinstance(value, str):
+            raise MediaDecodeError(key, f"text must be a string, got {type(value).__name__}")
+        ids = self.tokenizer(value, truncation=True, max_length=self.max_length)["input_ids"]
+        return {"input_ids": torch.tensor(ids, dtype=torch.long)}
+
+    def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        length = max(len(item["input_ids"]) for item in items if item is not None)
+        ids = torch.full((len(items), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, item in enumerate(items):
+            if item is not None:
+                n = len(item["input_ids"])
+                ids[row, :n], mask[row, :n] = item["input_ids"], 1
+        present = torch.tensor([item is not None for item in items])
+        return {"input_ids": ids, "attention_mask": mask, "present": present}
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """Token ids (B, L) back to strings, special tokens dropped."""
+        return list(self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True))
+
+    def save(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIRNAME))
+
+
+def make_text_processor(config: TextSpec, ctx: DataContext) -> TextProcessor:
+    """Load the configured tokenizer, reuse one saved by an earlier run, or train one."""
+    saved = ctx.artifact_dir / TOKENIZER_DIRNAME if ctx.artifact_dir is not None else None
+    if config.tokenizer is not None:
+        tokenizer = load_tokenizer(config.tokenizer)
+    elif saved is not None and (saved / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(saved)
+    else:
+        texts = ctx.texts()
+        if config.max_texts is not None:
+            texts = (text for index, text in enumerate(texts) if index < config.max_texts)
+        tokenizer = train_wordpiece(texts, config.vocab_size, config.lowercase)
+    return TextProcessor(tokenizer, config.max_length)
+
+
+# ------------------------------------------------------------------------------ encoder
+
+
+class BertEncoderSpec(ComponentSpec):
+    """A BERT text encoder from `transformers` (``model.components.<name>``)."""
+
+    type: Literal["bert"] = "bert"
+    pretrained: str | None = None
+    """Checkpoint name or directory for `BertModel.from_pretrained`; random init when omitted."""
+    config: dict[str, Any] = {}
+    """`BertConfig` fields (a random init) or overrides (with ``pretrained``)."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """Global feature: the [CLS] token or the mean of valid tokens."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+def masked_mean(sequence: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over valid positions: sequence (B, N, D), mask (B, N) -> (B, D)."""
+    if mask is None:
+        return sequence.mean(dim=1)
+    weights = mask.to(sequence.dtype).unsqueeze(-1)
+    return (sequence * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class BertTextEncoder(Encoder):
+    """BERT over ``{"input_ids": (B, L), "attention_mask": (B, L)}``.
+
+    Returns an `EncoderOutput` with sequence (B, L, D), pooled (B, D) and mask (B, L).
+    """
+
+    modality = "text"
+
+    def __init__(self, bert: BertModel, pooling: str = "cls") -> None:
+        super().__init__()
+        self.bert = bert
+        self.pooling = pooling
+        self.output_dim = int(bert.config.hidden_size)
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        mask = inputs["attention_mask"]
+        sequence = self.bert(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        pooled = sequence[:, 0] if self.pooling == "cls" else masked_mean(sequence, mask)
+        return EncoderOutput(sequence, pooled, mask)
+
+
+def text_vocab_size(ctx: BuildContext) -> int | None:
+    """Vocabulary size of the data's text processor, if there is one."""
+    processor = ctx.processors.get("text")
+    return processor.vocab_size if isinstance(processor, TextProcessor) else None
+
+
+def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
+    """A `BertModel` from ``pretrained`` or from a config sized to the tokenizer."""
+    vocab = text_vocab_size(ctx)
+    if config.pretrained is not None:
+        bert = BertModel.from_pretrained(
+            config.pretrained, add_pooling_layer=False, attn_implementation="sdpa",
+            **config.config,
+        )
+        if vocab is not None and vocab > bert.config.vocab_size:
+            bert.resize_token_embeddings(vocab)
+    else:
+        fields = {"vocab_size": vocab or 30522, **config.config}
+        bert = BertModel(BertConfig(**fields, attn_implementation="sdpa"), add_pooling_layer=False)
+    if config.gradient_checkpointing:
+        bert.gradient_checkpointing_enable()
+    return bert
+
+
+def make_bert_encoder(config: BertEncoderSpec, ctx: BuildContext) -> BertTextEncoder:
+    """Registry factory of the ``bert`` encoder."""
+    return BertTextEncoder(load_bert(config, ctx), config.pooling)
+
+
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+@hookimpl
+def modaloom_register_modalities(registry: Registry) -> None:
+    """Register the text modality and the BERT encoder."""
+    registry.add("modality", "text", make_text_processor, TextSpec,
+                 description="WordPiece tokenization (loaded or trained from captions)")
+    registry.add("encoder", "bert", make_bert_encoder, BertEncoderSpec,
+                 description="BERT text encoder (transformers)", modality="text",
+                 tiny={"config": TINY_BERT})

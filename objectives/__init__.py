@@ -1,0 +1,1 @@
+"""Objective plugins: one file per objective family (pure functions, module, config, hook)."""

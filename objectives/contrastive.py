@@ -1,0 +1,117 @@
+"""ITC: in-batch image/video/audio-text contrastive loss with a learnable, clamped temperature."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.distributed import gather_no_grad, gather_with_grad
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Objective
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.objectives.functional import contrastive_loss
+
+
+class ITCSpec(ObjectiveSpec):
+    """In-batch symmetric InfoNCE between two components' pooled features (SPEC.md §B1)."""
+
+    type: Literal["itc"] = "itc"
+    a: str = "vision"
+    """First component (its pooled feature is projected and L2-normalised)."""
+    b: str = "text"
+    """Second component."""
+    embed_dim: int = Field(256, gt=0)
+    """Width of the shared embedding space."""
+    temperature: float = Field(0.07, gt=0.0)
+    """Initial temperature."""
+    learnable_temperature: bool = True
+    """Learn the temperature (clamped to ``temperature_range`` at every step)."""
+    temperature_range: tuple[float, float] = (0.001, 0.5)
+    """Clamp range of a learnable temperature (BLIP/OmniVL: 0.001..0.5)."""
+    gather: bool = True
+    """Use every rank's batch as negatives (gathered with gradient)."""
+    use_labels: bool = False
+    """Treat samples sharing ``batch["labels"]`` (>= 0) as extra positives."""
+
+    @model_validator(mode="after")
+    def _range_holds_init(self) -> ITCSpec:
+        low, high = self.temperature_range
+        if not 0 < low <= self.temperature <= high:
+            raise ValueError(
+                f"temperature {self.temperature} must lie in temperature_range {self.temperature_range}"
+            )
+        return self
+
+
+class ClampedTemperature(nn.Module):
+    """A temperature parameter clamped in place to ``[low, high]`` before each use (BLIP style)."""
+
+    def __init__(self, init: float, low: float, high: float, learnable: bool = True) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)), requires_grad=learnable)
+        self.low, self.high = low, high
+
+    def forward(self) -> Tensor:
+        with torch.no_grad():
+            self.value.clamp_(self.low, self.high)
+        return self.value
+
+
+class ITC(Objective):
+    """Projects two components' pooled features and applies `contrastive_loss`.
+
+    Only samples carrying both fields take part; fewer than two such samples give a zero loss
+    that keeps the graph.
+    """
+
+    def __init__(self, config: ITCSpec, dim_a: int, dim_b: int) -> None:
+        super().__init__()
+        self.config = config
+        self.proj_a = nn.Linear(dim_a, config.embed_dim)
+        self.proj_b = nn.Linear(dim_b, config.embed_dim)
+        low, high = config.temperature_range
+        self.temperature = ClampedTemperature(
+            config.temperature, low, high, config.learnable_temperature
+        )
+
+    def embed(self, features: FeatureCache) -> tuple[Tensor, Tensor]:
+        """L2-normalised embeddings of both sides, (B, E) each."""
+        za = F.normalize(self.proj_a(features[self.config.a].pooled), dim=-1)
+        zb = F.normalize(self.proj_b(features[self.config.b].pooled), dim=-1)
+        return za, zb
+
+    def forward(self, features: FeatureCache) -> dict[str, Tensor]:
+        cfg = self.config
+        za, zb = self.embed(features)
+        keep = features.present(cfg.a) & features.present(cfg.b)
+        labels = features.batch.get("labels") if cfg.use_labels else None
+        if cfg.gather:
+            za, zb, keep = gather_with_grad(za), gather_with_grad(zb), gather_no_grad(keep)
+            labels = gather_no_grad(labels) if labels is not None else None
+        temperature = self.temperature()
+        if int(keep.sum()) < 2:
+            return {"itc_loss": 0.0 * (za.sum() + zb.sum()), "temperature": temperature.detach()}
+        if labels is not None:
+            labels = labels[keep]
+            unlabeled = labels < 0
+            labels = torch.where(unlabeled, -1 - torch.arange(len(labels)), labels)
+        loss = contrastive_loss(za[keep], zb[keep], temperature, labels=labels)
+        return {"itc_loss": loss, "temperature": temperature.detach()}
+
+
+def make_itc(config: ITCSpec, ctx: BuildContext) -> ITC:
+    """Registry factory of the ``itc`` objective."""
+    return ITC(config, ctx.output_dim(config.a), ctx.output_dim(config.b))
+
+
+@hookimpl
+def modaloom_register_objectives(registry: Registry) -> None:
+    """Register in-batch ITC."""
+    registry.add("objective", "itc", make_itc, ITCSpec,
+                 description="in-batch contrastive loss with a learnable clamped temperature")

@@ -1,0 +1,96 @@
+"""Fine-grained (token x frame) similarity of VALOR's MGA, computed in bounded-memory blocks.
+
+SPEC B7. Re-exported by :mod:`modaloom.objectives.functional`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["fine_grained_similarity", "masked_softmax"]
+
+
+def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over valid positions; masked positions (and all-masked rows) get weight 0."""
+    mask = mask.bool()
+    filled = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+    return F.softmax(filled, dim=dim) * mask
+
+
+def _fine_grained_block(
+    text: Tensor, text_mask: Tensor, w_t: Tensor, other: Tensor, other_mask: Tensor, w_x: Tensor
+) -> Tensor:
+    """:func:`fine_grained_similarity` for one (bt, bx) block of the score matrix."""
+    sims = torch.einsum("bic,djc->bidj", text, other)  # (bt, Nt, bx, Nx)
+    # In place with broadcast masks and max (which saves only indices for backward): the block
+    # is the only tensor of size bt * Nt * bx * Nx alive, and it is freed after this call.
+    fill = torch.finfo(sims.dtype).min
+    sims.masked_fill_(~text_mask[:, :, None, None], fill)
+    sims.masked_fill_(~other_mask[None, None, :, :], fill)
+    t2x = sims.max(dim=3).values  # (bt, Nt, bx): best frame for each token
+    x2t = sims.max(dim=1).values  # (bt, bx, Nx): best token for each frame
+    # Rows with no valid counterpart would hold the fill value; zero them (weight is 0 or the
+    # whole sample is empty).
+    t2x = torch.where(other_mask.any(dim=1)[None, None, :], t2x, torch.zeros_like(t2x))
+    x2t = torch.where(text_mask.any(dim=1)[:, None, None], x2t, torch.zeros_like(x2t))
+    s_t = torch.einsum("bid,bi->bd", t2x, w_t)
+    s_x = torch.einsum("bdj,dj->bd", x2t, w_x)
+    return (s_t + s_x) / 2
+
+
+def fine_grained_similarity(
+    text: Tensor,
+    text_mask: Tensor,
+    text_weight_logits: Tensor,
+    other: Tensor,
+    other_mask: Tensor,
+    other_weight_logits: Tensor,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """VALOR's MGA token-frame similarity for every text x other pair (SPEC B7).
+
+    ``s(T, X) = 1/2 sum_i w_t[i] max_j t_i.x_j + 1/2 sum_j w_x[j] max_i x_j.t_i`` with
+    ``w = softmax(weight_logits)``; padded positions take no part in either max (a large
+    negative fill, -inf in effect with finite gradients) nor in the weight softmax.
+
+    Args:
+        text: (Bt, Nt, D) L2-normalised token features.
+        text_mask: (Bt, Nt) 1 for valid tokens, 0 for padding.
+        text_weight_logits: (Bt, Nt) token weight logits (``e_t W_t``).
+        other: (Bx, Nx, D) L2-normalised frame / clip features.
+        other_mask: (Bx, Nx) 1 for valid frames.
+        other_weight_logits: (Bx, Nx) frame weight logits.
+        chunk_size: score blocks of at most ``chunk_size`` texts x ``chunk_size`` others at a
+            time, so peak memory is about ``chunk_size**2 * Nt * Nx`` elements; ``None`` scores
+            everything in one einsum.
+
+    Returns:
+        (Bt, Bx) similarities; differentiable w.r.t. features and weight logits.
+    """
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive or None, got {chunk_size}")
+    if text.shape[0] == 0 or other.shape[0] == 0:
+        return text.new_zeros((text.shape[0], other.shape[0]))
+    text_mask, other_mask = text_mask.bool(), other_mask.bool()
+    w_t = masked_softmax(text_weight_logits, text_mask)
+    w_x = masked_softmax(other_weight_logits, other_mask)
+    step_t = chunk_size or text.shape[0]
+    step_x = chunk_size or other.shape[0]
+    rows = []
+    for i in range(0, text.shape[0], step_t):
+        ti = slice(i, i + step_t)
+        cols = [
+            _fine_grained_block(
+                text[ti],
+                text_mask[ti],
+                w_t[ti],
+                other[j : j + step_x],
+                other_mask[j : j + step_x],
+                w_x[j : j + step_x],
+            )
+            for j in range(0, other.shape[0], step_x)
+        ]
+        rows.append(torch.cat(cols, dim=1))
+    return torch.cat(rows, dim=0)

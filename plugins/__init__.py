@@ -1,0 +1,1 @@
+"""Built-in data sources, evaluators, presets and the demo data set."""

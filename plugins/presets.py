@@ -1,0 +1,34 @@
+"""Built-in presets: every YAML file in plugins/presets/ is a named spec."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.registry import Registry
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def read_preset(path: Path) -> dict[str, Any]:
+    """Parse one preset file."""
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def register_preset_dir(registry: Registry, directory: Path) -> None:
+    """Register each ``*.yaml`` in ``directory`` under its file stem (third parties reuse this)."""
+    for path in sorted(directory.glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        description = first.lstrip("# ").strip() if first.startswith("#") else ""
+        registry.add("preset", path.stem, partial(read_preset, path), None,
+                     description=description, path=str(path))
+
+
+@hookimpl
+def modaloom_register_presets(registry: Registry) -> None:
+    """Register the shipped presets."""
+    register_preset_dir(registry, PRESET_DIR)
