@@ -78,7 +78,7 @@ def fill_registry(pm: pluggy.PluginManager) -> Registry:
     registry = Registry()
     for hook_name in REGISTER_HOOKS:
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             registry.current_plugin = impl.plugin_name
             impl.function(registry=registry)
     registry.current_plugin = "<direct>"

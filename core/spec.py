@@ -210,8 +210,14 @@ def resolve_tree(
     return deep_merge(resolve_tree(base, registry, (*_seen, str(base))), tree)
 
 
-def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
-    loc = [str(part) for part in error["loc"]]
+def _drop_union_tags(loc: list[str], tags: set[str]) -> list[str]:
+    """Pydantic puts the chosen union member's tag in the path; users never wrote it."""
+    return [part for i, part in enumerate(loc)
+            if not (i >= 2 and loc[i - 2] in _KIND_OF_SECTION and part in tags)]
+
+
+def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
+    loc = _drop_union_tags([str(part) for part in error["loc"]], tags)
     kind = next((_KIND_OF_SECTION[p] for p in reversed(loc) if p in _KIND_OF_SECTION), "component")
     ctx = error.get("ctx") or {}
     single_type = error["type"] == "literal_error" and loc[-1:] == ["type"]
@@ -242,7 +248,8 @@ def validate_tree(tree: Mapping[str, Any], registry: Registry, source: str = "sp
     try:
         return spec_class.model_validate(tree)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        tags = {c.name for c in registry if c.kind != "preset"}
+        problems = [_describe(error, tags) for error in exc.errors()]
         raise SpecError(problems, source=source) from None
 
 
