@@ -26,14 +26,19 @@ from modaloom.core.plugins import load_plugins
 from modaloom.core.spec import load_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import write_shapes  # noqa: E402
+from conftest import write_shapes
 
 
 def decoded_batches(session: runner_module.TrainingSession, steps: int) -> list[dict[str, Any]]:
     spec = session.spec
     sources = list(session.sources.values())
-    plan = StreamPlan(names=list(session.sources), weights=[1.0], lengths=[len(sources[0])],
-                      seed=0, batch_size=spec.data.batch_size)
+    plan = StreamPlan(
+        names=list(session.sources),
+        weights=[1.0],
+        lengths=[len(sources[0])],
+        seed=0,
+        batch_size=spec.data.batch_size,
+    )
     stream = TrainStream(sources, plan, SampleDecoder(session.processors, train=True), stop=steps)
     return list(stream)
 
@@ -81,10 +86,17 @@ def main() -> None:
     registry = load_plugins()
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_shapes(Path(tmp) / "data", 128)
-        spec = load_spec("clip-tiny", [f"data.sources.train.path={manifest}",
-                                       f"train.steps={args.steps}", "train.log_every=10",
-                                       f"data.batch_size={args.batch_size}",
-                                       "train.checkpoint_every=1000000"], registry)
+        spec = load_spec(
+            "clip-tiny",
+            [
+                f"data.sources.train.path={manifest}",
+                f"train.steps={args.steps}",
+                "train.log_every=10",
+                f"data.batch_size={args.batch_size}",
+                "train.checkpoint_every=1000000",
+            ],
+            registry,
+        )
         session = runner_module.setup_session(spec, Path(tmp) / "probe", registry, False)
         batches = decoded_batches(session, args.steps)
         bare_loop(session, batches[:5])  # warm-up
@@ -93,8 +105,10 @@ def main() -> None:
             bare.append(bare_loop(session, batches))
             run.append(runner_loop(spec, registry, Path(tmp) / f"run{repeat}", batches))
     b, r = statistics.median(bare), statistics.median(run)
-    print(f"steps={args.steps} batch={args.batch_size} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"steps={args.steps} batch={args.batch_size} repeats={args.repeats} "
+        f"threads={torch.get_num_threads()}"
+    )
     print(f"bare loop   {b * 1000:8.2f} ms/step (median)")
     print(f"runner      {r * 1000:8.2f} ms/step (median)")
     print(f"runner/bare ratio: {r / b:.3f}  (target <= 1.10)")

@@ -134,13 +134,17 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as exc:
-        shapes = "\n  ".join(line.strip() for line in str(exc).splitlines() if "size mismatch" in line)
+        shapes = "\n  ".join(
+            line.strip() for line in str(exc).splitlines() if "size mismatch" in line
+        )
         raise CheckpointError(
             f"checkpoint {directory} does not match this model (was it made by another spec?):\n  "
             f"{shapes or exc}"
         ) from None
     if missing or unexpected:
-        lines = [f"missing: {name}" for name in missing] + [f"unexpected: {name}" for name in unexpected]
+        lines = [f"missing: {name}" for name in missing] + [
+            f"unexpected: {name}" for name in unexpected
+        ]
         raise CheckpointError(
             f"checkpoint {directory} does not match this model (was it made by another spec?):\n  "
             + "\n  ".join(lines[:20])

@@ -42,8 +42,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.set)
     output = Path(args.output) if args.output else default_output(args.spec)
     result = train(spec, output, resume=args.resume, show_progress=not args.no_progress)
-    print(f"trained {result.step} steps; last loss {result.last_loss:.4f}; "
-          f"checkpoint {result.checkpoint}")
+    print(
+        f"trained {result.step} steps; last loss {result.last_loss:.4f}; "
+        f"checkpoint {result.checkpoint}"
+    )
     return 0
 
 
@@ -51,22 +53,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.set)
     stages = spec.train.resolved_stages()
-    print(f"{args.spec}: valid ({len(spec.model.components)} components, "
-          f"{len(spec.model.objectives)} objectives, {len(spec.data.sources)} sources, "
-          f"{sum(s.steps for s in stages)} steps in {len(stages)} stage(s))")
+    print(
+        f"{args.spec}: valid ({len(spec.model.components)} components, "
+        f"{len(spec.model.objectives)} objectives, {len(spec.data.sources)} sources, "
+        f"{sum(s.steps for s in stages)} steps in {len(stages)} stage(s))"
+    )
     return 0
 
 
 @command("plugins")
 def cmd_plugins(args: argparse.Namespace) -> int:
-    rows = [{"kind": c.kind, "name": c.name, "plugin": c.plugin, "description": c.description}
-            for c in default_registry()]
+    rows = [
+        {"kind": c.kind, "name": c.name, "plugin": c.plugin, "description": c.description}
+        for c in default_registry()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     widths = [max(len(str(r[k])) for r in rows) for k in ("kind", "name", "plugin")]
     for row in rows:
-        cells = [str(row[k]).ljust(w) for k, w in zip(("kind", "name", "plugin"), widths, strict=True)]
+        cells = [
+            str(row[k]).ljust(w) for k, w in zip(("kind", "name", "plugin"), widths, strict=True)
+        ]
         print("  ".join([*cells, row["description"]]).rstrip())
     return 0
 
@@ -90,8 +98,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="a YAML spec file or a preset name (see `modaloom presets`)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value, e.g. --set train.steps=100 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set train.steps=100 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a spec or preset")
     add_spec_arguments(train)
     train.add_argument("--output", help="run directory (default: runs/<spec name>)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the last complete checkpoint in --output")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last complete checkpoint in --output",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     validate = sub.add_parser("validate", help="check a spec without running it")
     add_spec_arguments(validate)
@@ -118,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modaloom`` script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return COMMANDS[args.command](args)
     except (ModaloomError, pluggy.PluginValidationError) as exc:

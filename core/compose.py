@@ -42,8 +42,12 @@ class BuildContext:
         """A component by name, with a spec error naming what exists when it is unknown."""
         if name not in self.components:
             raise SpecError(
-                [("model.objectives", f"refers to component {name!r}; components are "
-                  f"{sorted(self.components)}")]
+                [
+                    (
+                        "model.objectives",
+                        f"refers to component {name!r}; components are {sorted(self.components)}",
+                    )
+                ]
             )
         return self.components[name]
 
@@ -160,8 +164,13 @@ def _build_component(name: str, spec: Any, ctx: BuildContext) -> nn.Module:
         target = ctx.components[spec.share_with]
         if ctx.specs[spec.share_with].type != spec.type:
             raise SpecError(
-                [(f"model.components.{name}.share_with", f"{spec.type!r} cannot share all "
-                  f"parameters with a {ctx.specs[spec.share_with].type!r}; use the same type")]
+                [
+                    (
+                        f"model.components.{name}.share_with",
+                        f"{spec.type!r} cannot share all "
+                        f"parameters with a {ctx.specs[spec.share_with].type!r}; use the same type",
+                    )
+                ]
             )
         return target
     assert entry.factory is not None
@@ -178,7 +187,7 @@ def _build_order(components: Mapping[str, Any]) -> list[str]:
         if name in order:
             return
         if name in trail:
-            raise SpecError([("model.components", f"share_with forms a cycle: {trail + (name,)}")])
+            raise SpecError([("model.components", f"share_with forms a cycle: {(*trail, name)}")])
         target = components[name].share_with
         if target is not None:
             visit(target, (*trail, name))

@@ -128,7 +128,9 @@ class StreamPlan:
         rng = random.Random(f"plan:{self.seed}:{self.micro}")
         slots = []
         for _ in range(self.batch_size):
-            source = rng.choices(range(len(self.names)), self.weights)[0] if len(self.names) > 1 else 0
+            source = (
+                rng.choices(range(len(self.names)), self.weights)[0] if len(self.names) > 1 else 0
+            )
             slots.append((source, self.cursors[source]))
             self.cursors[source] += 1
         self.micro += 1
@@ -141,7 +143,9 @@ class StreamPlan:
         epoch, offset = divmod(position, length)
         if (source, epoch) not in self._perm:
             self._perm = {k: v for k, v in self._perm.items() if k[0] != source}
-            self._perm[(source, epoch)] = np.random.default_rng([self.seed, source, epoch]).permutation(length)
+            self._perm[(source, epoch)] = np.random.default_rng(
+                [self.seed, source, epoch]
+            ).permutation(length)
         return int(self._perm[(source, epoch)][offset])
 
     def copy(self) -> StreamPlan:
@@ -212,8 +216,10 @@ class TrainStream(IterableDataset):
                     if not self.sources[source].is_map_style:
                         self._next_streamed(source)
                 continue
-            raws = [(self._raw(s, p), random.Random(f"aug:{plan.seed}:{micro}:{i}"))
-                    for i, (s, p) in enumerate(slots)]
+            raws = [
+                (self._raw(s, p), random.Random(f"aug:{plan.seed}:{micro}:{i}"))
+                for i, (s, p) in enumerate(slots)
+            ]
             decoded, skipped = self.decoder.decode_many(raws)
             if not decoded:
                 reasons = "; ".join(f"{k}: {r}" for k, r in skipped[:3])
@@ -228,7 +234,10 @@ def make_train_loader(stream: TrainStream, num_workers: int, seed: int = 0) -> D
     would otherwise draw different dropout masks).
     """
     return DataLoader(
-        stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -265,7 +274,9 @@ class EvalStream(IterableDataset):
         if pending:
             yield from self._emit(index, pending, worker, workers)
 
-    def _emit(self, index: int, raws: list[RawSample], worker: int, workers: int) -> Iterator[Batch]:
+    def _emit(
+        self, index: int, raws: list[RawSample], worker: int, workers: int
+    ) -> Iterator[Batch]:
         if index % self.world != self.rank or (index // self.world) % workers != worker:
             return
         rngs = [random.Random(f"eval:{index}:{i}") for i in range(len(raws))]

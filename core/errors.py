@@ -38,7 +38,9 @@ class SpecError(ModaloomError):
 
     def __init__(self, problems: list[tuple[str, str]], source: str = "spec") -> None:
         self.problems = problems
-        lines = [f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        lines = [
+            f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"
+        ]
         lines += [f"  {path}: {message}" for path, message in problems]
         super().__init__("\n".join(lines))
 

@@ -67,7 +67,9 @@ class Processor(ABC):
     """Decodes and transforms one modality field of a raw sample, then collates a batch."""
 
     @abstractmethod
-    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+    def process(
+        self, value: Any, *, key: str, train: bool, rng: random.Random
+    ) -> dict[str, Tensor]:
         """Decode one sample's field.
 
         Raises:
@@ -76,7 +78,7 @@ class Processor(ABC):
 
     @abstractmethod
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
-        """Stack per-sample outputs (``None`` = field missing) into a batch with a ``present`` mask."""
+        """Stack per-sample outputs (``None`` = missing) into a batch with a ``present`` mask."""
 
     def save(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Persist learned state (a trained tokenizer) so evaluation and resume reuse it."""

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from modaloom.core.distributed import gather_no_grad
 from torch import Tensor, nn
+
+from modaloom.core.distributed import gather_no_grad
 
 __all__ = ["FeatureQueue", "MomentumCopy"]
 

@@ -16,7 +16,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, ob
 
     Shared parameters appear once; frozen ones are left out.
     """
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for parameter in model.parameters():
         if not parameter.requires_grad or id(parameter) in seen:
             continue

@@ -18,6 +18,10 @@ ENTRY_POINT_GROUP = "modaloom"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.modalities.text",
     "modaloom.modalities.image",
+    "modaloom.modalities.timesformer",
+    "modaloom.modalities.audio_encoder",
+    "modaloom.modalities.clip_vision",
+    "modaloom.modalities.text_decoder",
     "modaloom.objectives.contrastive",
     "modaloom.plugins.manifest",
     "modaloom.plugins.presets",
@@ -85,9 +89,7 @@ def fill_registry(pm: pluggy.PluginManager) -> Registry:
     return registry
 
 
-def load_plugins(
-    *, entry_points: bool = True, extra: Sequence[ModuleType | str] = ()
-) -> Registry:
+def load_plugins(*, entry_points: bool = True, extra: Sequence[ModuleType | str] = ()) -> Registry:
     """Load the built-in and installed plugins into a new `Registry`."""
     return fill_registry(make_plugin_manager(entry_points=entry_points, extra=extra))
 

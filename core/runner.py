@@ -35,7 +35,10 @@ from modaloom.core.spec_models import StageSpec
 log = logging.getLogger(__name__)
 
 SPEC_FILE, METRICS_FILE, ARTIFACTS_DIR, CHECKPOINTS_DIR = (
-    "spec.yaml", "metrics.jsonl", "artifacts", "checkpoints",
+    "spec.yaml",
+    "metrics.jsonl",
+    "artifacts",
+    "checkpoints",
 )
 
 
@@ -65,7 +68,9 @@ def make_accelerator(precision: str, accumulation: int) -> Accelerator:
         raise ModaloomError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(
-        cpu=not cuda, mixed_precision=mixed, gradient_accumulation_steps=accumulation,
+        cpu=not cuda,
+        mixed_precision=mixed,
+        gradient_accumulation_steps=accumulation,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
@@ -137,27 +142,41 @@ class TrainingSession:
         """Train every stage that is not finished yet; checkpoint at the end."""
         stages = self.spec.train.resolved_stages()
         total = sum(stage.steps for stage in stages)
-        bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (self.show_progress and self.accelerator.is_main_process))
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not (self.show_progress and self.accelerator.is_main_process),
+        )
         last_loss, first_step = float("nan"), 0
         for index, stage in enumerate(stages):
             if self.step < first_step + stage.steps:
                 last_loss = self.run_stage(index, stage, first_step, bar)
             first_step += stage.steps
         bar.close()
-        if self.last_checkpoint is None or ckpt.checkpoint_name(self.step) != self.last_checkpoint.name:
+        if (
+            self.last_checkpoint is None
+            or ckpt.checkpoint_name(self.step) != self.last_checkpoint.name
+        ):
             self.save_checkpoint()
-        return TrainResult(self.output_dir, self.step, last_loss, self.last_checkpoint, self.skipped)
+        return TrainResult(
+            self.output_dir, self.step, last_loss, self.last_checkpoint, self.skipped
+        )
 
-    def stage_plan(self, index: int, stage: StageSpec, done: int) -> tuple[list[Source], StreamPlan]:
+    def stage_plan(
+        self, index: int, stage: StageSpec, done: int
+    ) -> tuple[list[Source], StreamPlan]:
         """The stage's sources and its stream plan, at the saved position when resuming."""
         names = stage.sources or list(self.spec.data.sources)
         specs = self.spec.data.sources
         sources = [self.sources[name] for name in names]
         plan = StreamPlan(
-            names=names, weights=[specs[n].weight for n in names],
+            names=names,
+            weights=[specs[n].weight for n in names],
             lengths=[len(s) if s.is_map_style else None for s in sources],
-            seed=self.spec.train.seed * 1000 + index, batch_size=self.spec.data.batch_size,
+            seed=self.spec.train.seed * 1000 + index,
+            batch_size=self.spec.data.batch_size,
         )
         if self.data_state.get("stage") == stage.name:
             plan.micro, plan.cursors = self.data_state["micro"], list(self.data_state["cursors"])
@@ -174,8 +193,14 @@ class TrainingSession:
         sources, plan = self.stage_plan(index, stage, done)
         tracker = plan.copy()
         decoder = SampleDecoder(self.processors, train=True, on_error=self.spec.data.on_error)
-        stream = TrainStream(sources, plan, decoder, stop=stage.steps * train.gradient_accumulation,
-                             rank=acc.process_index, world=acc.num_processes)
+        stream = TrainStream(
+            sources,
+            plan,
+            decoder,
+            stop=stage.steps * train.gradient_accumulation,
+            rank=acc.process_index,
+            world=acc.num_processes,
+        )
         loader = make_train_loader(stream, self.spec.data.num_workers, seed=train.seed + index)
         self.model.train()
         step_loss, micro, last = torch.zeros(()), 0, float("nan")
@@ -222,17 +247,30 @@ class TrainingSession:
             log.warning("skipped sample %s: %s", key, reason)
             self.skipped += 1
 
-    def log_metrics(self, stage: str, loss: torch.Tensor, terms: dict[str, torch.Tensor],
-                    started: float, bar: tqdm) -> float:
+    def log_metrics(
+        self,
+        stage: str,
+        loss: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        started: float,
+        bar: tqdm,
+    ) -> float:
         """Append one line to metrics.jsonl (main process) and update the bar."""
         acc = self.accelerator
-        values = torch.stack([loss.to(acc.device), *[t.float().to(acc.device) for t in terms.values()]])
+        values = torch.stack(
+            [loss.to(acc.device), *[t.float().to(acc.device) for t in terms.values()]]
+        )
         values = acc.reduce(values, reduction="mean")
         skipped = acc.reduce(torch.tensor(float(self.skipped), device=acc.device), reduction="sum")
         record: dict[str, Any] = {"step": self.step, "stage": stage, "loss": float(values[0])}
         record.update({name: float(v) for name, v in zip(terms, values[1:], strict=True)})
-        record.update({"lr": self.scheduler.get_last_lr()[0], "skipped_samples": int(skipped),
-                       "elapsed_s": round(time.perf_counter() - started, 3)})
+        record.update(
+            {
+                "lr": self.scheduler.get_last_lr()[0],
+                "skipped_samples": int(skipped),
+                "elapsed_s": round(time.perf_counter() - started, 3),
+            }
+        )
         if acc.is_main_process:
             with (self.output_dir / METRICS_FILE).open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -245,10 +283,19 @@ class TrainingSession:
         ckpt.write_rng(self.checkpoint_root, self.step, acc.process_index)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "step": self.step, "data": self.data_state, "skipped": self.skipped}
-            meta = {"step": self.step, "data": self.data_state, "spec": spec_to_tree(self.spec),
-                    "world_size": acc.num_processes}
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "data": self.data_state,
+                "skipped": self.skipped,
+            }
+            meta = {
+                "step": self.step,
+                "data": self.data_state,
+                "spec": spec_to_tree(self.spec),
+                "world_size": acc.num_processes,
+            }
             self.last_checkpoint = ckpt.write_checkpoint(
                 self.checkpoint_root, self.step, self.unwrapped, state, meta
             )
@@ -261,13 +308,17 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after ``step`` by a run that was killed (they will be redone)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def setup_session(spec: Any, output_dir: Path, registry: Registry, show_progress: bool = True
-                  ) -> TrainingSession:
+def setup_session(
+    spec: Any, output_dir: Path, registry: Registry, show_progress: bool = True
+) -> TrainingSession:
     """Build accelerator, data, model and optimizer for ``spec`` (no resume yet)."""
     train = spec.train
     accelerator = make_accelerator(train.precision, train.gradient_accumulation)
@@ -289,8 +340,17 @@ def setup_session(spec: Any, output_dir: Path, registry: Registry, show_progress
     total = sum(stage.steps for stage in train.resolved_stages())
     scheduler = make_scheduler(optimizer, total, train.scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return TrainingSession(spec, output_dir, accelerator, sources, processors, model, optimizer,
-                           scheduler, show_progress)
+    return TrainingSession(
+        spec,
+        output_dir,
+        accelerator,
+        sources,
+        processors,
+        model,
+        optimizer,
+        scheduler,
+        show_progress,
+    )
 
 
 def train(

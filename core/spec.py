@@ -30,6 +30,7 @@ _KIND_OF_SECTION: dict[str, str] = {
     "eval": "evaluator",
 }
 _CACHE_ATTR = "_spec_class"
+OnError = Literal["skip", "raise"]
 
 
 def _union(registry: Registry, kinds: Sequence[Kind], base: type[BaseModel]) -> Any:
@@ -79,7 +80,7 @@ def build_spec_class(registry: Registry) -> type[Spec]:
         batch_size=(int, Field(32, gt=0)),
         eval_batch_size=(int | None, Field(None, gt=0)),
         num_workers=(int, Field(0, ge=0)),
-        on_error=(Literal["skip", "raise"], "skip"),
+        on_error=(OnError, "skip"),
         **_modality_fields(registry),
     )
     spec_class = create_model(
@@ -199,8 +200,13 @@ def resolve_tree(
         close = difflib.get_close_matches(str(source), presets, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise SpecError(
-            [(str(source), f"no such file and no preset of that name.{hint} "
-              f"Presets: {', '.join(presets) or '(none)'}")]
+            [
+                (
+                    str(source),
+                    f"no such file and no preset of that name.{hint} "
+                    f"Presets: {', '.join(presets) or '(none)'}",
+                )
+            ]
         )
     base = tree.pop("base", None)
     if base is None:
@@ -212,8 +218,11 @@ def resolve_tree(
 
 def _drop_union_tags(loc: list[str], tags: set[str]) -> list[str]:
     """Pydantic puts the chosen union member's tag in the path; users never wrote it."""
-    return [part for i, part in enumerate(loc)
-            if not (i >= 2 and loc[i - 2] in _KIND_OF_SECTION and part in tags)]
+    return [
+        part
+        for i, part in enumerate(loc)
+        if not (i >= 2 and loc[i - 2] in _KIND_OF_SECTION and part in tags)
+    ]
 
 
 def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
@@ -225,15 +234,18 @@ def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
         loc, ctx = loc[:-1], {"tag": error.get("input"), "expected_tags": ctx.get("expected", "")}
     if error["type"] == "union_tag_invalid" or single_type:
         tag = str(ctx.get("tag"))
-        expected = [t.strip(" '\"") for t in str(ctx.get("expected_tags", "")).replace(" or ", ",").split(",")]
+        expected = [
+            t.strip(" '\"")
+            for t in str(ctx.get("expected_tags", "")).replace(" or ", ",").split(",")
+        ]
         close = difflib.get_close_matches(tag, expected, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return ".".join([*loc, "type"]), (
             f"unknown {kind} {tag!r}.{hint} Available: {', '.join(sorted(expected))}."
         )
     if error["type"] == "union_tag_not_found":
-        expected = str(ctx.get("expected_tags", ""))
-        return ".".join([*loc, "type"]), f"missing `type`; set it to one of {expected}."
+        names = str(ctx.get("expected_tags", ""))
+        return ".".join([*loc, "type"]), f"missing `type`; set it to one of {names}."
     if error["type"] == "extra_forbidden":
         return ".".join(loc), "unknown field; remove it or fix its spelling."
     if error["type"] == "missing":

@@ -126,7 +126,9 @@ class AudioProcessor(Processor):
     def __init__(self, config: AudioSpec) -> None:
         self.config = config
 
-    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+    def process(
+        self, value: Any, *, key: str, train: bool, rng: random.Random
+    ) -> dict[str, Tensor]:
         """Decode one sample's audio and compute its clips' spectrograms.
 
         Args:
@@ -146,7 +148,11 @@ class AudioProcessor(Processor):
             value, sample_rate=config.sample_rate, key=key, max_seconds=config.max_seconds
         )
         random_starts = train and config.train_sampling == "random"
-        return {"spectrogram": waveform_to_spectrograms(waveform, config, rng if random_starts else None)}
+        return {
+            "spectrogram": waveform_to_spectrograms(
+                waveform, config, rng if random_starts else None
+            )
+        }
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         """Stack into ``{"spectrogram": (B, N, mel_bins, target_length), "present": (B,) bool}``.

@@ -14,6 +14,10 @@ from torch import Tensor
 from modaloom.core.errors import MediaDecodeError
 from modaloom.modalities.media_io import MediaSource, open_media
 
+_DOWNMIX_AVERAGE = {"rematrix_maxval": "1.0"}
+"""Scale FFmpeg's downmix so its coefficients sum to 1: stereo becomes (L + R) / 2, as
+averaging channels does (without it FFmpeg mixes at -3 dB each and can exceed 1.0)."""
+
 
 def decode_audio(
     source: MediaSource,
@@ -26,7 +30,7 @@ def decode_audio(
 
     Args:
         source: encoded media (bytes, path or binary file object).
-        sample_rate: output rate in Hz (FFmpeg's resampler converts, channels are downmixed).
+        sample_rate: output rate in Hz (FFmpeg's resampler converts; channels are averaged).
         key: sample key used in error messages.
         max_seconds: stop after this many seconds of output; ``None`` decodes everything.
 
@@ -41,7 +45,9 @@ def decode_audio(
         if not container.streams.audio:
             raise MediaDecodeError(key, "no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(
+            format="fltp", layout="mono", rate=sample_rate, options=_DOWNMIX_AVERAGE
+        )
         chunks: list[np.ndarray] = []
         total = 0
         for packet in container.demux(stream):

@@ -66,7 +66,9 @@ class ImageProcessor(Processor):
     def __init__(self, config: ImageSpec) -> None:
         self.config = config
 
-    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+    def process(
+        self, value: Any, *, key: str, train: bool, rng: random.Random
+    ) -> dict[str, Tensor]:
         pixels = decode_image(value, key)
         cfg = self.config
         out = augment(pixels, cfg.size, train=train, rng=rng, scale=cfg.scale, flip=cfg.flip)
@@ -115,7 +117,9 @@ class ViTImageEncoder(Encoder):
         self.output_dim = int(vit.config.hidden_size)
 
     def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        pixels = inputs["pixel_values"].to(self.vit.embeddings.patch_embeddings.projection.weight.dtype)
+        pixels = inputs["pixel_values"].to(
+            self.vit.embeddings.patch_embeddings.projection.weight.dtype
+        )
         sequence = self.vit(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
         pooled = sequence[:, 0] if self.pooling == "cls" else sequence[:, 1:].mean(dim=1)
         return EncoderOutput(sequence, pooled, None)
@@ -135,7 +139,8 @@ def load_vit(config: ViTEncoderSpec, ctx: BuildContext) -> ViTModel:
         )
     else:
         fields = {"image_size": image_size_of(ctx), **config.config}
-        vit = ViTModel(ViTConfig(**fields, attn_implementation="sdpa"), add_pooling_layer=False)
+        vit_config = ViTConfig(**fields, attn_implementation="sdpa")  # type: ignore[call-arg]
+        vit = ViTModel(vit_config, add_pooling_layer=False)
     if config.gradient_checkpointing:
         vit.gradient_checkpointing_enable()
     return vit
@@ -146,15 +151,32 @@ def make_vit_encoder(config: ViTEncoderSpec, ctx: BuildContext) -> ViTImageEncod
     return ViTImageEncoder(load_vit(config, ctx), config.pooling)
 
 
-TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "intermediate_size": 64, "patch_size": 8, "image_size": 32}
+TINY_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 8,
+    "image_size": 32,
+}
 
 
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the image modality and the ViT encoder."""
-    registry.add("modality", "image", make_image_processor, ImageSpec,
-                 description="PIL image decoding, random resized crop, flip, normalise")
-    registry.add("encoder", "vit", make_vit_encoder, ViTEncoderSpec,
-                 description="ViT image encoder (transformers)", modality="image",
-                 tiny={"config": TINY_VIT})
+    registry.add(
+        "modality",
+        "image",
+        make_image_processor,
+        ImageSpec,
+        description="PIL image decoding, random resized crop, flip, normalise",
+    )
+    registry.add(
+        "encoder",
+        "vit",
+        make_vit_encoder,
+        ViTEncoderSpec,
+        description="ViT image encoder (transformers)",
+        modality="image",
+        tiny={"config": TINY_VIT},
+    )

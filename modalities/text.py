@@ -8,7 +8,15 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from torch import Tensor
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -51,12 +59,18 @@ def train_wordpiece(texts: Any, vocab_size: int, lowercase: bool = True) -> PreT
     tokenizer.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]",
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[DEC]",
         additional_special_tokens=["[ENC]"],
     )
 
@@ -66,11 +80,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise SpecError([("data.text.tokenizer", f"cannot load a tokenizer from {path}: {exc}")])
+        raise SpecError(
+            [("data.text.tokenizer", f"cannot load a tokenizer from {path}: {exc}")]
+        ) from None
     missing = [t for t in ("[ENC]", "[DEC]") if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-    return tokenizer  # type: ignore[no-any-return]
+    return tokenizer  # type: ignore[no-any-return,return-value]
 
 
 class TextProcessor(Processor):
@@ -84,9 +100,11 @@ class TextProcessor(Processor):
 
     def token_id(self, token: str) -> int:
         """Id of a special token such as ``[MASK]``, ``[ENC]`` or ``[DEC]``."""
-        return int(self.tokenizer.convert_tokens_to_ids(token))
+        return int(self.tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
 
-    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+    def process(
+        self, value: Any, *, key: str, train: bool, rng: random.Random
+    ) -> dict[str, Tensor]:
         if isinstance(value, list | tuple):
             if not value:
                 raise MediaDecodeError(key, "empty list of captions")
@@ -187,14 +205,17 @@ def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
     vocab = text_vocab_size(ctx)
     if config.pretrained is not None:
         bert = BertModel.from_pretrained(
-            config.pretrained, add_pooling_layer=False, attn_implementation="sdpa",
+            config.pretrained,
+            add_pooling_layer=False,
+            attn_implementation="sdpa",
             **config.config,
         )
         if vocab is not None and vocab > bert.config.vocab_size:
             bert.resize_token_embeddings(vocab)
     else:
         fields = {"vocab_size": vocab or 30522, **config.config}
-        bert = BertModel(BertConfig(**fields, attn_implementation="sdpa"), add_pooling_layer=False)
+        bert_config = BertConfig(**fields, attn_implementation="sdpa")  # type: ignore[call-arg]
+        bert = BertModel(bert_config, add_pooling_layer=False)
     if config.gradient_checkpointing:
         bert.gradient_checkpointing_enable()
     return bert
@@ -205,15 +226,31 @@ def make_bert_encoder(config: BertEncoderSpec, ctx: BuildContext) -> BertTextEnc
     return BertTextEncoder(load_bert(config, ctx), config.pooling)
 
 
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the text modality and the BERT encoder."""
-    registry.add("modality", "text", make_text_processor, TextSpec,
-                 description="WordPiece tokenization (loaded or trained from captions)")
-    registry.add("encoder", "bert", make_bert_encoder, BertEncoderSpec,
-                 description="BERT text encoder (transformers)", modality="text",
-                 tiny={"config": TINY_BERT})
+    registry.add(
+        "modality",
+        "text",
+        make_text_processor,
+        TextSpec,
+        description="WordPiece tokenization (loaded or trained from captions)",
+    )
+    registry.add(
+        "encoder",
+        "bert",
+        make_bert_encoder,
+        BertEncoderSpec,
+        description="BERT text encoder (transformers)",
+        modality="text",
+        tiny={"config": TINY_BERT},
+    )

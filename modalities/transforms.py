@@ -39,7 +39,11 @@ def random_resized_crop_box(
         if 0 < w <= width and 0 < h <= height:
             return rng.randint(0, width - w), rng.randint(0, height - h), w, h
     aspect = min(max(width / height, ratio[0]), ratio[1])
-    w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+    w, h = (
+        (width, round(width / aspect))
+        if width / height < aspect
+        else (round(height * aspect), height)
+    )
     w, h = min(w, width), min(h, height)
     return (width - w) // 2, (height - h) // 2, w, h
 

@@ -1,17 +1,16 @@
 """Video modality: PyAV decoding with seek-based frame sampling, torch transforms, collation.
 
-Decoding lives in `modaloom.modalities.video_decode`; this file holds the spec, the train and
-eval transforms (torch ops only, no torchvision) and the `Processor` the data layer calls.
+Decoding lives in `modaloom.modalities.video_decode`; this file holds the spec, the clip
+transform (built on the shared `modaloom.modalities.transforms`, torch ops only, no torchvision)
+and the `Processor` the data layer calls.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
@@ -19,12 +18,15 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
+from modaloom.modalities.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop_box,
+    crop_resize,
+    normalize,
+    random_resized_crop_box,
+)
 from modaloom.modalities.video_decode import DEFAULT_MAX_PACKETS, decode_video
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VideoSpec(Spec):
@@ -34,11 +36,12 @@ class VideoSpec(Spec):
     """T, the number of frames sampled per clip (one per equal segment of the clip)."""
     size: int = Field(224, ge=1)
     """Side of the square output frames, in pixels."""
-    mean: tuple[float, float, float] = CLIP_MEAN
-    """Per-channel mean subtracted after scaling to [0, 1] (CLIP's; ImageNet's is
-    (0.485, 0.456, 0.406))."""
-    std: tuple[float, float, float] = CLIP_STD
-    """Per-channel standard deviation (CLIP's; ImageNet's is (0.229, 0.224, 0.225))."""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean subtracted after scaling to [0, 1]; ImageNet's by default, as for images
+    (a shared image/video encoder must see both normalised alike). CLIP's is
+    (0.48145466, 0.4578275, 0.40821073)."""
+    std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation; CLIP's is (0.26862954, 0.26130258, 0.27577711)."""
     train_sampling: Literal["random_segment", "uniform"] = "random_segment"
     """Training frame times: a random time in each segment, or the segment centres."""
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -60,86 +63,33 @@ class VideoSpec(Spec):
         return self
 
 
-def _normalize(frames: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Scale (T, 3, H, W) values in [0, 255] to [0, 1], then standardise per channel."""
-    mean_t = torch.tensor(mean, dtype=frames.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=frames.dtype).view(1, 3, 1, 1)
-    return (frames / 255.0 - mean_t) / std_t
+def transform_clip(frames: Tensor, config: VideoSpec, *, train: bool, rng: random.Random) -> Tensor:
+    """Crop, resize and normalise a clip; the same box (and flip) applies to every frame.
 
-
-def _resize(frames: Tensor, height: int, width: int) -> Tensor:
-    """Bilinear (antialiased) resize of (T, 3, H, W) uint8 or float frames to float."""
-    frames = frames.float()
-    if frames.shape[-2:] == (height, width):
-        return frames
-    return F.interpolate(
-        frames, size=(height, width), mode="bilinear", align_corners=False, antialias=True
-    )
-
-
-def random_crop_box(
-    height: int, width: int, scale: tuple[float, float], rng: random.Random
-) -> tuple[int, int, int, int]:
-    """A random-resized-crop box ``(top, left, h, w)`` (aspect ratio 3/4 to 4/3).
-
-    Ten tries at a random area and log-uniform aspect ratio; then the centred largest box
-    with a ratio in range, as torchvision does.
-    """
-    area = height * width
-    log_low, log_high = math.log(3 / 4), math.log(4 / 3)
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        ratio = math.exp(rng.uniform(log_low, log_high))
-        w = round(math.sqrt(target * ratio))
-        h = round(math.sqrt(target / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    ratio = width / height
-    if ratio < 3 / 4:
-        w, h = width, round(width / (3 / 4))
-    elif ratio > 4 / 3:
-        h, w = height, round(height * 4 / 3)
-    else:
-        h, w = height, width
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def train_transform(frames: Tensor, config: VideoSpec, rng: random.Random) -> Tensor:
-    """Random resized crop (one box for the whole clip), optional flip, normalisation.
+    Train: random resized crop (area ``crop_scale``, aspect 3/4 to 4/3) and a horizontal flip
+    with probability 0.5 when ``flip``. Eval: the centred square, resized, which is the same as
+    resizing the shorter side to ``size`` and centre-cropping.
 
     Args:
         frames: (T, 3, H, W) uint8 frames.
-        config: sizes, crop scale, flip and normalisation.
-        rng: draws the crop box and the flip.
-
-    Returns:
-        (T, 3, size, size) float32 frames.
-    """
-    top, left, h, w = random_crop_box(frames.shape[-2], frames.shape[-1], config.crop_scale, rng)
-    out = _resize(frames[..., top : top + h, left : left + w], config.size, config.size)
-    if config.flip and rng.random() < 0.5:
-        out = out.flip(-1)
-    return _normalize(out, config.mean, config.std)
-
-
-def eval_transform(frames: Tensor, config: VideoSpec) -> Tensor:
-    """Resize the shorter side to ``size``, centre-crop a square, normalise.
-
-    Args:
-        frames: (T, 3, H, W) uint8 frames.
-        config: output size and normalisation.
+        config: size, crop scale, flip and normalisation.
+        train: training (random) or evaluation (deterministic) transform.
+        rng: draws the crop box and the flip in training.
 
     Returns:
         (T, 3, size, size) float32 frames.
     """
     height, width = frames.shape[-2:]
-    short = min(height, width)
-    new_h = max(config.size, round(height * config.size / short))
-    new_w = max(config.size, round(width * config.size / short))
-    out = _resize(frames, new_h, new_w)
-    top, left = (new_h - config.size) // 2, (new_w - config.size) // 2
-    out = out[..., top : top + config.size, left : left + config.size]
-    return _normalize(out, config.mean, config.std)
+    if train:
+        box = random_resized_crop_box(width, height, rng, config.crop_scale)
+    else:
+        box = center_crop_box(width, height)
+    left, top, w, h = box
+    pixels = frames[..., top : top + h, left : left + w].float().div_(255.0)  # crop, then convert
+    out = crop_resize(pixels, (0, 0, w, h), config.size)
+    if train and config.flip and rng.random() < 0.5:
+        out = out.flip(-1)
+    return normalize(out, config.mean, config.std)
 
 
 class VideoProcessor(Processor):
@@ -148,7 +98,9 @@ class VideoProcessor(Processor):
     def __init__(self, config: VideoSpec) -> None:
         self.config = config
 
-    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict[str, Tensor]:
+    def process(
+        self, value: Any, *, key: str, train: bool, rng: random.Random
+    ) -> dict[str, Tensor]:
         """Decode and transform one clip.
 
         Args:
@@ -173,8 +125,7 @@ class VideoProcessor(Processor):
             max_packets=config.max_packets,
             threads=config.decode_threads,
         )
-        pixels = train_transform(frames, config, rng) if train else eval_transform(frames, config)
-        return {"pixel_values": pixels}
+        return {"pixel_values": transform_clip(frames, config, train=train, rng=rng)}
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         """Stack clips into ``{"pixel_values": (B, T, 3, H, W), "present": (B,) bool}``.

@@ -44,7 +44,8 @@ class ITCSpec(ObjectiveSpec):
         low, high = self.temperature_range
         if not 0 < low <= self.temperature <= high:
             raise ValueError(
-                f"temperature {self.temperature} must lie in temperature_range {self.temperature_range}"
+                f"temperature {self.temperature} must lie in "
+                f"temperature_range {self.temperature_range}"
             )
         return self
 
@@ -113,5 +114,10 @@ def make_itc(config: ITCSpec, ctx: BuildContext) -> ITC:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register in-batch ITC."""
-    registry.add("objective", "itc", make_itc, ITCSpec,
-                 description="in-batch contrastive loss with a learnable clamped temperature")
+    registry.add(
+        "objective",
+        "itc",
+        make_itc,
+        ITCSpec,
+        description="in-batch contrastive loss with a learnable clamped temperature",
+    )

@@ -20,21 +20,34 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
 
 
 def _fine_grained_block(
-    text: Tensor, text_mask: Tensor, w_t: Tensor, other: Tensor, other_mask: Tensor, w_x: Tensor
+    text: Tensor,
+    text_mask: Tensor,
+    w_t: Tensor,
+    other: Tensor,
+    other_mask: Tensor,
+    w_x: Tensor,
+    text_all_valid: bool,
+    other_all_valid: bool,
 ) -> Tensor:
     """:func:`fine_grained_similarity` for one (bt, bx) block of the score matrix."""
     sims = torch.einsum("bic,djc->bidj", text, other)  # (bt, Nt, bx, Nx)
-    # In place with broadcast masks and max (which saves only indices for backward): the block
-    # is the only tensor of size bt * Nt * bx * Nx alive, and it is freed after this call.
+    # Masks are applied in place and broadcast, so the block is the only tensor of its size.
     fill = torch.finfo(sims.dtype).min
-    sims.masked_fill_(~text_mask[:, :, None, None], fill)
-    sims.masked_fill_(~other_mask[None, None, :, :], fill)
-    t2x = sims.max(dim=3).values  # (bt, Nt, bx): best frame for each token
-    x2t = sims.max(dim=1).values  # (bt, bx, Nx): best token for each frame
-    # Rows with no valid counterpart would hold the fill value; zero them (weight is 0 or the
-    # whole sample is empty).
-    t2x = torch.where(other_mask.any(dim=1)[None, None, :], t2x, torch.zeros_like(t2x))
-    x2t = torch.where(text_mask.any(dim=1)[:, None, None], x2t, torch.zeros_like(x2t))
+    if not text_all_valid:
+        sims.masked_fill_(~text_mask[:, :, None, None], fill)
+    if not other_all_valid:
+        sims.masked_fill_(~other_mask[None, None, :, :], fill)
+    if sims.requires_grad:  # max saves only indices for backward, so the block can be freed
+        t2x, x2t = sims.max(dim=3).values, sims.max(dim=1).values
+    else:  # amax is several times faster but would keep the block alive for backward
+        t2x, x2t = sims.amax(dim=3), sims.amax(dim=1)
+    # t2x (bt, Nt, bx): best frame for each token; x2t (bt, bx, Nx): best token for each frame.
+    # Padded positions, and positions whose counterpart has no valid position at all, hold the
+    # fill value: zero them so that it reaches neither the score nor the weights' gradient.
+    keep_t2x = text_mask[:, :, None] & other_mask.any(dim=1)[None, None, :]
+    keep_x2t = other_mask[None, :, :] & text_mask.any(dim=1)[:, None, None]
+    t2x = torch.where(keep_t2x, t2x, torch.zeros_like(t2x))
+    x2t = torch.where(keep_x2t, x2t, torch.zeros_like(x2t))
     s_t = torch.einsum("bid,bi->bd", t2x, w_t)
     s_x = torch.einsum("bdj,dj->bd", x2t, w_x)
     return (s_t + s_x) / 2
@@ -76,6 +89,7 @@ def fine_grained_similarity(
     text_mask, other_mask = text_mask.bool(), other_mask.bool()
     w_t = masked_softmax(text_weight_logits, text_mask)
     w_x = masked_softmax(other_weight_logits, other_mask)
+    text_all_valid, other_all_valid = bool(text_mask.all()), bool(other_mask.all())
     step_t = chunk_size or text.shape[0]
     step_x = chunk_size or other.shape[0]
     rows = []
@@ -89,6 +103,8 @@ def fine_grained_similarity(
                 other[j : j + step_x],
                 other_mask[j : j + step_x],
                 w_x[j : j + step_x],
+                text_all_valid,
+                other_all_valid,
             )
             for j in range(0, other.shape[0], step_x)
         ]

@@ -58,7 +58,9 @@ class JsonlSource(Source):
             log.warning("skipping %s line %d: %s", path, number, exc)
             return
         key_field = self.config.key_field
-        key = str(record[key_field]) if key_field and key_field in record else f"{path.name}:{number}"
+        key = (
+            str(record[key_field]) if key_field and key_field in record else f"{path.name}:{number}"
+        )
         sample: RawSample = {"__key__": key}
         for field, value in record.items():
             if field in self.config.media_fields and isinstance(value, str):
@@ -85,5 +87,10 @@ def make_jsonl_source(config: JsonlSpec) -> JsonlSource:
 @hookimpl
 def modaloom_register_sources(registry: Registry) -> None:
     """Register the JSONL manifest source."""
-    registry.add("source", "jsonl", make_jsonl_source, JsonlSpec,
-                 description="JSONL manifest with media paths relative to it")
+    registry.add(
+        "source",
+        "jsonl",
+        make_jsonl_source,
+        JsonlSpec,
+        description="JSONL manifest with media paths relative to it",
+    )

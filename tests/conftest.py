@@ -12,7 +12,12 @@ from PIL import Image, ImageDraw
 from modaloom.core.plugins import load_plugins
 from modaloom.core.registry import Registry
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 30),
+    "blue": (30, 30, 220),
+    "yellow": (230, 230, 20),
+}
 SHAPES = ("square", "circle", "triangle")
 
 

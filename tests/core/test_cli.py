@@ -22,9 +22,12 @@ def test_validate_misspelled_objective_exits_non_zero(capsys, tmp_path) -> None:
 
 
 def test_validate_reports_valid_spec(capsys, shapes_manifest: Path) -> None:  # type: ignore[no-untyped-def]
-    assert main(["validate", "clip-tiny", "--set", f"data.sources.train.path={shapes_manifest}"]) == 0
+    assert (
+        main(["validate", "clip-tiny", "--set", f"data.sources.train.path={shapes_manifest}"]) == 0
+    )
     assert capsys.readouterr().out == (
-        "clip-tiny: valid (2 components, 1 objectives, 1 sources, 50 steps in 1 stage(s))\n")
+        "clip-tiny: valid (2 components, 1 objectives, 1 sources, 50 steps in 1 stage(s))\n"
+    )
 
 
 def test_plugins_lists_every_builtin_with_its_plugin(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -32,12 +35,15 @@ def test_plugins_lists_every_builtin_with_its_plugin(capsys) -> None:  # type: i
     rows = json.loads(capsys.readouterr().out)
     assert {"kind", "name", "plugin"} <= set(rows[0])
     assert {"kind": "objective", "name": "itc", "plugin": "modaloom.objectives.contrastive"} in [
-        {k: r[k] for k in ("kind", "name", "plugin")} for r in rows]
+        {k: r[k] for k in ("kind", "name", "plugin")} for r in rows
+    ]
     assert {r["plugin"] for r in rows} == set(BUILTIN_PLUGINS)
     assert main(["plugins"]) == 0
     table = capsys.readouterr().out
-    assert any(line.split()[:3] == ["encoder", "bert", "modaloom.modalities.text"]
-               for line in table.splitlines())
+    assert any(
+        line.split()[:3] == ["encoder", "bert", "modaloom.modalities.text"]
+        for line in table.splitlines()
+    )
 
 
 def test_presets_and_schema(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -53,14 +59,26 @@ def test_bad_set_syntax_and_missing_spec(capsys) -> None:  # type: ignore[no-unt
     assert main(["validate", "clip-tiny", "--set", "train.steps"]) == 2
     assert capsys.readouterr().err == (
         "error: spec is invalid (1 problem):\n"
-        "  --set: 'train.steps' is not KEY=VALUE, e.g. train.steps=100\n")
+        "  --set: 'train.steps' is not KEY=VALUE, e.g. train.steps=100\n"
+    )
     assert main(["train", "no/such/file.yaml"]) == 2
     assert "no such file and no preset of that name" in capsys.readouterr().err
 
 
 def test_train_command(capsys, shapes_manifest: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    code = main(["train", "clip-tiny", "--set", f"data.sources.train.path={shapes_manifest}",
-                 "--set", "train.steps=3", "--output", str(tmp_path), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "clip-tiny",
+            "--set",
+            f"data.sources.train.path={shapes_manifest}",
+            "--set",
+            "train.steps=3",
+            "--output",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.startswith("trained 3 steps; last loss ")
 

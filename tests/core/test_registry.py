@@ -51,8 +51,10 @@ def test_duplicate_across_plugins_at_load_time() -> None:
         registry.add("objective", "itc")
 
     module.modaloom_register_objectives = modaloom_register_objectives  # type: ignore[attr-defined]
-    with pytest.raises(DuplicateComponentError, match="by plugin 'modaloom.objectives.contrastive'"
-                       " and by plugin 'dup_plugin'"):
+    with pytest.raises(
+        DuplicateComponentError,
+        match=r"by plugin 'modaloom\.objectives\.contrastive' and by plugin 'dup_plugin'",
+    ):
         load_plugins(entry_points=False, extra=[module])
 
 

@@ -32,8 +32,9 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def test_itc_trains_50_steps_with_a_falling_loss(registry, shapes_manifest, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = train(shapes_spec(registry, shapes_manifest), tmp_path, registry=registry,
-                   show_progress=False)
+    result = train(
+        shapes_spec(registry, shapes_manifest), tmp_path, registry=registry, show_progress=False
+    )
     metrics = read_metrics(tmp_path)
     assert result.step == 50 and [m["step"] for m in metrics] == list(range(5, 51, 5))
     first, last = metrics[0]["loss"], sum(m["loss"] for m in metrics[-3:]) / 3
@@ -44,19 +45,38 @@ def test_itc_trains_50_steps_with_a_falling_loss(registry, shapes_manifest, tmp_
 
 def run_cli(args: list[str], **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "modaloom", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "modaloom", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kwargs,
+    )
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(registry, shapes_manifest, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    overrides = [f"data.sources.train.path={shapes_manifest}", "train.steps=60",
-                 "train.checkpoint_every=10", "data.batch_size=24"]
+    overrides = [
+        f"data.sources.train.path={shapes_manifest}",
+        "train.steps=60",
+        "train.checkpoint_every=10",
+        "data.batch_size=24",
+    ]
     reference = tmp_path / "reference"
-    train(load_spec("clip-tiny", overrides, registry), reference, registry=registry,
-          show_progress=False)
+    train(
+        load_spec("clip-tiny", overrides, registry),
+        reference,
+        registry=registry,
+        show_progress=False,
+    )
     killed = tmp_path / "killed"
-    args = ["train", "clip-tiny", *[a for o in overrides for a in ("--set", o)],
-            "--output", str(killed), "--no-progress"]
+    args = [
+        "train",
+        "clip-tiny",
+        *[a for o in overrides for a in ("--set", o)],
+        "--output",
+        str(killed),
+        "--no-progress",
+    ]
     process = run_cli(args)
     deadline = time.monotonic() + 120
     while not (killed / "checkpoints" / "step-00000010").exists():
@@ -86,18 +106,27 @@ def test_resume_ignores_half_written_checkpoints(registry, shapes_manifest, tmp_
     (root / ".tmp-step-00000006" / "model.safetensors").write_bytes(b"partial")
     (root / "step-00000008").mkdir()  # a directory without its files is not complete
     assert latest_checkpoint(root) == root / "step-00000004"
-    result = train(shapes_spec(registry, shapes_manifest, "train.steps=6",
-                               "train.checkpoint_every=2"), tmp_path, registry=registry,
-                   resume=True, show_progress=False)
+    result = train(
+        shapes_spec(registry, shapes_manifest, "train.steps=6", "train.checkpoint_every=2"),
+        tmp_path,
+        registry=registry,
+        resume=True,
+        show_progress=False,
+    )
     assert result.step == 6
     assert [m["step"] for m in read_metrics(tmp_path)][-1] == 6
 
 
 def test_checkpoint_from_another_spec_lists_mismatches(registry, shapes_manifest, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    train(shapes_spec(registry, shapes_manifest, "train.steps=2"), tmp_path, registry=registry,
-          show_progress=False)
-    other = shapes_spec(registry, shapes_manifest, "train.steps=4",
-                        "model.objectives.0.embed_dim=32")
+    train(
+        shapes_spec(registry, shapes_manifest, "train.steps=2"),
+        tmp_path,
+        registry=registry,
+        show_progress=False,
+    )
+    other = shapes_spec(
+        registry, shapes_manifest, "train.steps=4", "model.objectives.0.embed_dim=32"
+    )
     with pytest.raises(CheckpointError) as info:
         train(other, tmp_path, registry=registry, resume=True, show_progress=False)
     message = str(info.value)
@@ -109,13 +138,18 @@ def test_unwritable_output_is_one_clear_error(registry, shapes_manifest, tmp_pat
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(CheckpointError, match=r"^cannot write to output directory .*/file/run: "):
-        train(shapes_spec(registry, shapes_manifest, "train.steps=2"), blocker / "run",
-              registry=registry, show_progress=False)
+        train(
+            shapes_spec(registry, shapes_manifest, "train.steps=2"),
+            blocker / "run",
+            registry=registry,
+            show_progress=False,
+        )
 
 
 def test_keep_last_prunes_old_checkpoints(registry, shapes_manifest, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    spec = shapes_spec(registry, shapes_manifest, "train.steps=6", "train.checkpoint_every=2",
-                       "train.keep_last=2")
+    spec = shapes_spec(
+        registry, shapes_manifest, "train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"
+    )
     train(spec, tmp_path, registry=registry, show_progress=False)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-00000004", "step-00000006"]

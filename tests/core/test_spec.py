@@ -12,9 +12,15 @@ from modaloom.core.spec import apply_override, deep_merge, load_spec
 
 
 def test_preset_loads_with_overrides(registry: Registry, shapes_manifest: Path) -> None:
-    spec = load_spec("clip-tiny", [f"data.sources.train.path={shapes_manifest}",
-                                   "train.steps=7", "model.objectives.0.temperature=0.1"],
-                     registry)
+    spec = load_spec(
+        "clip-tiny",
+        [
+            f"data.sources.train.path={shapes_manifest}",
+            "train.steps=7",
+            "model.objectives.0.temperature=0.1",
+        ],
+        registry,
+    )
     assert spec.train.steps == 7
     assert spec.model.objectives[0].temperature == 0.1
     assert spec.model.components["vision"].type == "vit"
@@ -23,8 +29,10 @@ def test_preset_loads_with_overrides(registry: Registry, shapes_manifest: Path) 
 
 def test_base_inheritance_merges_mappings(registry: Registry, tmp_path: Path) -> None:
     path = tmp_path / "mine.yaml"
-    path.write_text("base: clip-tiny\ndata:\n  batch_size: 4\n  sources:\n"
-                    "    train: {type: jsonl, path: x.jsonl}\ntrain: {steps: 3}\n")
+    path.write_text(
+        "base: clip-tiny\ndata:\n  batch_size: 4\n  sources:\n"
+        "    train: {type: jsonl, path: x.jsonl}\ntrain: {steps: 3}\n"
+    )
     spec = load_spec(path, registry=registry)
     assert spec.data.batch_size == 4
     assert spec.data.text.max_length == 16  # inherited from the preset
@@ -34,30 +42,54 @@ def test_base_inheritance_merges_mappings(registry: Registry, tmp_path: Path) ->
 def test_misspelled_objective_gives_path_and_closest_name(registry: Registry) -> None:
     with pytest.raises(SpecError) as info:
         load_spec("clip-tiny", ["model.objectives.0.type=itx"], registry)
-    assert ("model.objectives.0.type", "unknown objective 'itx'. Did you mean 'itc'? Available: "
-            + ", ".join(registry.names("objective")) + ".") in info.value.problems
+    assert (
+        "model.objectives.0.type",
+        "unknown objective 'itx'. Did you mean 'itc'? Available: "
+        + ", ".join(registry.names("objective"))
+        + ".",
+    ) in info.value.problems
 
 
 def test_every_problem_is_listed_with_its_path(registry: Registry) -> None:
     with pytest.raises(SpecError) as info:
-        load_spec("clip-tiny", ["model.objectives.0.temperature=0.9", "train.optimizer.lr=-1",
-                                "model.components.text.colour=red"], registry)
+        load_spec(
+            "clip-tiny",
+            [
+                "model.objectives.0.temperature=0.9",
+                "train.optimizer.lr=-1",
+                "model.components.text.colour=red",
+            ],
+            registry,
+        )
     paths = [path for path, _ in info.value.problems]
-    assert paths == ["model.components.text.colour", "model.objectives.0",
-                     "train.optimizer.lr"] or sorted(paths) == sorted(
-        ["model.components.text.colour", "model.objectives.0", "train.optimizer.lr"])
+    assert paths == [
+        "model.components.text.colour",
+        "model.objectives.0",
+        "train.optimizer.lr",
+    ] or sorted(paths) == sorted(
+        ["model.components.text.colour", "model.objectives.0", "train.optimizer.lr"]
+    )
     messages = dict(info.value.problems)
-    assert messages["model.components.text.colour"] == "unknown field; remove it or fix its spelling."
+    assert (
+        messages["model.components.text.colour"] == "unknown field; remove it or fix its spelling."
+    )
     assert messages["model.objectives.0"] == (
-        "temperature 0.9 must lie in temperature_range (0.001, 0.5)")
+        "temperature 0.9 must lie in temperature_range (0.001, 0.5)"
+    )
     assert str(info.value).startswith("clip-tiny is invalid (3 problems):\n  ")
 
 
 def test_cross_references_are_checked(registry: Registry) -> None:
     with pytest.raises(SpecError) as info:
-        load_spec("clip-tiny", ["train.steps=null",
-                                "train.stages=[{name: a, steps: 2, sources: [trian]}]",
-                                "model.components.text.share_with=vison"], registry)
+        load_spec(
+            "clip-tiny",
+            [
+                "train.steps=null",
+                "train.stages=[{name: a, steps: 2, sources: [trian]}]",
+                "model.components.text.share_with=vison",
+            ],
+            registry,
+        )
     message = str(info.value)
     assert "model.components.text.share_with names 'vison', which is not a component" in message
     assert "train.stages.0.sources names 'trian', which is not in data.sources" in message
@@ -67,14 +99,16 @@ def test_unknown_spec_name_suggests_presets(registry: Registry) -> None:
     with pytest.raises(SpecError) as info:
         load_spec("clip-tinny", registry=registry)
     assert info.value.problems[0][1].startswith(
-        "no such file and no preset of that name. Did you mean clip-tiny? Presets: ")
+        "no such file and no preset of that name. Did you mean clip-tiny? Presets: "
+    )
 
 
 def test_steps_or_stages_rule(registry: Registry) -> None:
     with pytest.raises(SpecError) as info:
         load_spec("clip-tiny", ["train.stages=[{name: a, steps: 2}]"], registry)
     assert info.value.problems == [
-        ("train", "give either `steps: N` or a list of `stages`, not both or neither")]
+        ("train", "give either `steps: N` or a list of `stages`, not both or neither")
+    ]
 
 
 def test_override_helpers() -> None:

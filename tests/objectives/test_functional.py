@@ -49,7 +49,7 @@ def test_contrastive_loss_with_labels_normalises_same_label_targets() -> None:
     a, b = _unit(6, 4, seed=3), _unit(6, 4, seed=4)
     labels = torch.tensor([0, 1, 0, 2, 1, 0])
     logits = a @ b.T / 0.5
-    pos = [[labels[i] == labels[j] for j in range(6)] for i in range(6)]
+    pos = [[bool(labels[i] == labels[j]) for j in range(6)] for i in range(6)]
     expected = (_soft_ce_loops(logits, pos) + _soft_ce_loops(logits.T, pos)) / 2
     got = OF.contrastive_loss(a, b, torch.tensor(0.5, dtype=torch.float64), labels=labels)
     assert_close(got, torch.tensor(expected, dtype=torch.float64))
@@ -103,8 +103,15 @@ def test_positive_targets_requires_both_halves() -> None:
 
 
 def _queue_loss_loops(
-    v: Tensor, t: Tensor, v_hat: Tensor, t_hat: Tensor, qv: Tensor, qt: Tensor,
-    tau: float, alpha: float, keys: list[int],
+    v: Tensor,
+    t: Tensor,
+    v_hat: Tensor,
+    t_hat: Tensor,
+    qv: Tensor,
+    qt: Tensor,
+    tau: float,
+    alpha: float,
+    keys: list[int],
 ) -> float:
     """BLIP's ITC over [batch; queue]; ``keys`` (B + K) mark positives (equal and >= 0)."""
     b = v.shape[0]
@@ -114,7 +121,9 @@ def _queue_loss_loops(
         total = 0.0
         for i in range(b):
             row = [float(x[i] @ c) / tau for c in cand]
-            soft = [math.exp(p) for p in _log_softmax_row([float(x_hat[i] @ c) / tau for c in cand])]
+            soft = [
+                math.exp(p) for p in _log_softmax_row([float(x_hat[i] @ c) / tau for c in cand])
+            ]
             pos = [k == i or (keys[k] == keys[i] and keys[i] >= 0) for k in range(len(cand))]
             hard = [float(p) / sum(pos) for p in pos]
             target = [alpha * s + (1 - alpha) * h for s, h in zip(soft, hard)]
@@ -210,7 +219,8 @@ def test_amf_empty_batch_gives_zero_loss_with_graph() -> None:
     keep = torch.zeros(3, dtype=torch.bool)
     inst = OF.masked_mean(per_sample, keep)
     kl = OF.task_alignment_kl(
-        OF.queue_logits(v, _unit(3, 4), qt, 0.05)[keep], OF.queue_logits(t, _unit(3, 4), qv, 0.05)[keep]
+        OF.queue_logits(v, _unit(3, 4), qt, 0.05)[keep],
+        OF.queue_logits(t, _unit(3, 4), qv, 0.05)[keep],
     )
     total = inst + kl
     assert total.item() == 0.0 and total.requires_grad

@@ -18,13 +18,24 @@ SPEC = {
     "model": {
         "components": {
             "vision": {"type": "pixel_mlp", "hidden": 32},
-            "text": {"type": "bert", "config": {"hidden_size": 32, "num_hidden_layers": 1,
-                                                "num_attention_heads": 2, "intermediate_size": 64}},
+            "text": {
+                "type": "bert",
+                "config": {
+                    "hidden_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 64,
+                },
+            },
         },
         "objectives": [{"type": "cosine_align", "a": "vision", "b": "text"}],
     },
-    "data": {"sources": {"squares": {"type": "color_squares", "size": 24}}, "batch_size": 8,
-             "image": {"size": 32}, "text": {"vocab_size": 100, "max_length": 8}},
+    "data": {
+        "sources": {"squares": {"type": "color_squares", "size": 24}},
+        "batch_size": 8,
+        "image": {"size": 32},
+        "text": {"vocab_size": 100, "max_length": 8},
+    },
     "train": {"steps": 6, "log_every": 2, "optimizer": {"lr": 0.003}},
 }
 
@@ -46,8 +57,11 @@ def test_fixture_package_declares_the_entry_point() -> None:
 
 def test_third_party_components_train_without_touching_modaloom(extras_module, tmp_path) -> None:  # type: ignore[no-untyped-def]
     registry = load_plugins(entry_points=False, extra=[extras_module])
-    for kind, name in [("encoder", "pixel_mlp"), ("objective", "cosine_align"),
-                       ("source", "color_squares")]:
+    for kind, name in [
+        ("encoder", "pixel_mlp"),
+        ("objective", "cosine_align"),
+        ("source", "color_squares"),
+    ]:
         assert registry.get(kind, name).plugin == "loom_extras"
     spec = load_spec(SPEC, registry=registry)
     result = train(spec, tmp_path, registry=registry, show_progress=False)

@@ -7,7 +7,6 @@ import random
 from collections.abc import Iterator
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
@@ -80,7 +79,11 @@ class ColorSquares(modaloom.Source):
         image = Image.new("RGB", (32, 32), COLORS[name])
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return {"__key__": f"square-{index}", "image": buffer.getvalue(), "text": f"a {name} square"}
+        return {
+            "__key__": f"square-{index}",
+            "image": buffer.getvalue(),
+            "text": f"a {name} square",
+        }
 
     def iter_raw(self) -> Iterator[dict[str, object]]:
         return (self[i] for i in range(len(self)))
@@ -88,20 +91,33 @@ class ColorSquares(modaloom.Source):
 
 @modaloom.hookimpl
 def modaloom_register_modalities(registry: modaloom.Registry) -> None:
-    registry.add("encoder", "pixel_mlp", lambda cfg, ctx: PixelMLP(cfg.hidden), PixelMLPSpec,
-                 description="patch MLP image encoder", modality="image")
+    registry.add(
+        "encoder",
+        "pixel_mlp",
+        lambda cfg, ctx: PixelMLP(cfg.hidden),
+        PixelMLPSpec,
+        description="patch MLP image encoder",
+        modality="image",
+    )
 
 
 @modaloom.hookimpl
 def modaloom_register_objectives(registry: modaloom.Registry) -> None:
     registry.add(
-        "objective", "cosine_align",
+        "objective",
+        "cosine_align",
         lambda cfg, ctx: CosineAlign(cfg, ctx.output_dim(cfg.a), ctx.output_dim(cfg.b)),
-        CosineAlignSpec, description="1 - cosine similarity of paired features",
+        CosineAlignSpec,
+        description="1 - cosine similarity of paired features",
     )
 
 
 @modaloom.hookimpl
 def modaloom_register_sources(registry: modaloom.Registry) -> None:
-    registry.add("source", "color_squares", ColorSquares, ColorSquaresSpec,
-                 description="in-memory colored squares with captions")
+    registry.add(
+        "source",
+        "color_squares",
+        ColorSquares,
+        ColorSquaresSpec,
+        description="in-memory colored squares with captions",
+    )
