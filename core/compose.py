@@ -68,13 +68,15 @@ class FeatureCache:
     """Encodes each component's input at most once per batch.
 
     Objectives read ``features["text"]`` (an `EncoderOutput`), ``features.batch`` and
-    ``features.components``.
+    ``features.components``. ``features.shared`` carries per-batch results from one objective to
+    the ones after it in the spec (for example COTS's AMF keep-mask, read by MVLM).
     """
 
     def __init__(self, model: LoomModel, batch: Batch) -> None:
         self.model = model
         self.batch = batch
         self.components = model.components
+        self.shared: dict[str, Any] = {}
         self._cache: dict[str, EncoderOutput] = {}
 
     def __getitem__(self, name: str) -> EncoderOutput:
