@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --package modaloom
+	$(VENV)/bin/mypy core modalities objectives plugins
 
 demo: $(STAMP)
 	$(VENV)/bin/modaloom demo --output $(OUTPUT)

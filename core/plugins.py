@@ -18,6 +18,8 @@ ENTRY_POINT_GROUP = "modaloom"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.modalities.text",
     "modaloom.modalities.image",
+    "modaloom.modalities.video",
+    "modaloom.modalities.audio",
     "modaloom.modalities.timesformer",
     "modaloom.modalities.audio_encoder",
     "modaloom.modalities.clip_vision",

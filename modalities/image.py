@@ -142,7 +142,7 @@ def load_vit(config: ViTEncoderSpec, ctx: BuildContext) -> ViTModel:
         vit_config = ViTConfig(**fields, attn_implementation="sdpa")  # type: ignore[call-arg]
         vit = ViTModel(vit_config, add_pooling_layer=False)
     if config.gradient_checkpointing:
-        vit.gradient_checkpointing_enable()
+        vit.activation_checkpointing_enable()
     return vit
 
 

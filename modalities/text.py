@@ -217,7 +217,7 @@ def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
         bert_config = BertConfig(**fields, attn_implementation="sdpa")  # type: ignore[call-arg]
         bert = BertModel(bert_config, add_pooling_layer=False)
     if config.gradient_checkpointing:
-        bert.gradient_checkpointing_enable()
+        bert.activation_checkpointing_enable()
     return bert
 
 

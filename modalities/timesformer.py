@@ -1,0 +1,357 @@
+"""Video encoders: a divided space-time TimeSformer inflated from a ViT (OmniVL), frame-mean (COTS).
+
+`TimeSformer` (SPEC §A1) wraps a `transformers.ViTModel` and adds, per block, a temporal branch
+(LayerNorm, attention over the T tokens at each spatial position, ``temporal_fc``) plus a
+learnable temporal embedding ``time_embed``. The spatial parts *are* the ViT's modules, so any
+`ViTModel` checkpoint loads into it (`inflate_from_vit`), and with one frame it computes exactly
+what the ViT computes: images and videos go through the same module.
+
+Not implemented from OmniVL: the separate 3-D tubelet tokenizer (kernel (t_s, 16, 16)); every
+frame is embedded by the ViT's 2-D patch convolution (tubelet size 1).
+
+Token layout of the output sequence (both encoders document theirs): [CLS] first, then the
+patch tokens frame by frame (frame-major: ``sequence[:, 1:].view(B, T, P, D)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers import ViTConfig, ViTModel
+from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
+
+from modaloom.core.compose import BuildContext
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Encoder, EncoderOutput
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ComponentSpec
+from modaloom.modalities.image import (
+    TINY_VIT,
+    ImageProcessor,
+    ViTEncoderSpec,
+    ViTImageEncoder,
+    load_vit,
+)
+
+__all__ = [
+    "FrameMeanEncoder",
+    "FrameMeanSpec",
+    "TemporalAttention",
+    "TimeSformer",
+    "TimeSformerEncoder",
+    "TimeSformerSpec",
+    "inflate_from_vit",
+]
+
+
+class TemporalAttention(nn.Module):
+    """The temporal branch of one divided space-time block: LayerNorm, attention, ``temporal_fc``.
+
+    Args:
+        config: the ViT config (width, heads, LayerNorm eps, attention implementation).
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ViTAttention(config)
+        self.temporal_fc = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Attend over time: (B*P, T, D) -> (B*P, T, D), the residual update (not yet added)."""
+        attended, _ = self.attention(self.layernorm(tokens))
+        return cast(Tensor, self.temporal_fc(attended))
+
+
+class TimeSformer(nn.Module):
+    """Divided space-time ViT over images (B, 3, H, W) and videos (B, T, 3, H, W).
+
+    Each block runs (1) temporal attention over the T tokens at every spatial position, added
+    through ``temporal_fc``; (2) spatial attention within each frame, with [CLS] copied into every
+    frame and its T outputs averaged; (3) the MLP. With T == 1 the temporal branch and
+    ``time_embed`` are skipped, so an image or one-frame video gives exactly the ViT's output.
+    Build it with `inflate_from_vit`; the constructor leaves the temporal branches at PyTorch's
+    default initialisation (a state dict is loaded over them on resume).
+
+    Args:
+        vit: the spatial model; its embeddings, layers and final LayerNorm are used as they are.
+        num_frames: length of ``time_embed``; other frame counts interpolate it (nearest, as
+            TimeSformer does).
+
+    Attributes:
+        gradient_checkpointing: recompute each block in the backward pass while training.
+    """
+
+    def __init__(self, vit: ViTModel, num_frames: int = 8) -> None:
+        super().__init__()
+        config = vit.config
+        self.config = config
+        self.vit = vit
+        self.temporal = nn.ModuleList(
+            [TemporalAttention(config) for _ in range(config.num_hidden_layers)]
+        )
+        weight = vit.embeddings.patch_embeddings.projection.weight
+        self.temporal.to(device=weight.device, dtype=weight.dtype)
+        self.time_embed = nn.Parameter(
+            torch.zeros(1, num_frames, config.hidden_size, device=weight.device, dtype=weight.dtype)
+        )
+        self.gradient_checkpointing = False
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the token width."""
+        return int(self.config.hidden_size)
+
+    def frame_embedding(self, frames: int) -> Tensor:
+        """``time_embed`` resized to ``frames`` positions: (1, T, D)."""
+        if frames == self.time_embed.shape[1]:
+            return self.time_embed
+        resized = F.interpolate(self.time_embed.transpose(1, 2), size=frames, mode="nearest")
+        return resized.transpose(1, 2)
+
+    def embed(self, pixel_values: Tensor) -> Tensor:
+        """Patch, [CLS], position and time embeddings.
+
+        Args:
+            pixel_values: (B, T, 3, H, W).
+
+        Returns:
+            (B, 1 + T*P, D): [CLS], then the P patches of each frame, frame by frame.
+        """
+        batch, frames = pixel_values.shape[:2]
+        dtype = self.vit.embeddings.patch_embeddings.projection.weight.dtype
+        flat = pixel_values.flatten(0, 1).to(dtype)
+        tokens = self.vit.embeddings(flat, interpolate_pos_encoding=True)  # (B*T, 1+P, D)
+        cls = tokens[:, :1].unflatten(0, (batch, frames))[:, 0]  # the same in every frame
+        patches = tokens[:, 1:].unflatten(0, (batch, frames))  # (B, T, P, D)
+        if frames > 1:
+            patches = patches + self.frame_embedding(frames)[:, :, None]
+        return torch.cat([cls, patches.flatten(1, 2)], dim=1)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Encode images or videos.
+
+        Args:
+            pixel_values: (B, 3, H, W) images or (B, T, 3, H, W) videos.
+
+        Returns:
+            (B, 1 + T*P, D) after the final LayerNorm; T = 1 for images.
+        """
+        video = pixel_values if pixel_values.ndim == 5 else pixel_values.unsqueeze(1)
+        if video.ndim != 5:
+            raise ValueError(
+                f"expected (B, 3, H, W) or (B, T, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
+        frames = video.shape[1]
+        hidden = self.embed(video)
+        for layer, temporal in zip(self.vit.layers, self.temporal, strict=True):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(
+                    self.block, hidden, layer, temporal, frames, use_reentrant=False
+                )
+            else:
+                hidden = self.block(hidden, layer, temporal, frames)
+        return cast(Tensor, self.vit.layernorm(hidden))
+
+    @staticmethod
+    def block(hidden: Tensor, layer: nn.Module, temporal: nn.Module, frames: int) -> Tensor:
+        """One divided space-time block.
+
+        Args:
+            hidden: (B, 1 + T*P, D), frame-major patches.
+            layer: the ViT layer (spatial attention, LayerNorms, MLP).
+            temporal: its `TemporalAttention`.
+            frames: T.
+
+        Returns:
+            (B, 1 + T*P, D).
+        """
+        vit_layer = cast(ViTLayer, layer)
+        if frames == 1:
+            return cast(Tensor, vit_layer(hidden))
+        batch, _, dim = hidden.shape
+        cls, patches = hidden[:, :1], hidden[:, 1:].unflatten(1, (frames, -1))  # (B, T, P, D)
+        per_position = patches.transpose(1, 2).flatten(0, 1)  # (B*P, T, D)
+        update = temporal(per_position).unflatten(0, (batch, -1)).transpose(1, 2)
+        patches = patches + vit_layer.dropout(update)
+        cls_per_frame = cls[:, None].expand(batch, frames, 1, dim)
+        per_frame = torch.cat([cls_per_frame, patches], dim=2).flatten(0, 1)  # (B*T, 1+P, D)
+        attended, _ = vit_layer.attention(vit_layer.layernorm_before(per_frame))
+        attended = vit_layer.dropout(attended).unflatten(0, (batch, frames))  # (B, T, 1+P, D)
+        cls = cls + attended[:, :, :1].mean(dim=1)
+        hidden = torch.cat([cls, (patches + attended[:, :, 1:]).flatten(1, 2)], dim=1)
+        mlp = vit_layer.mlp(vit_layer.layernorm_after(hidden))
+        return hidden + vit_layer.dropout(mlp)
+
+
+def inflate_from_vit(vit: ViTModel, num_frames: int = 8) -> TimeSformer:
+    """Build a `TimeSformer` around ``vit`` with its temporal branches initialised for video.
+
+    Temporal attention and its LayerNorm are copied from the spatial ones, ``temporal_fc`` and
+    ``time_embed`` are zeroed (SPEC §A1). Unlike TimeSformer/OmniVL, which leave the first
+    block's ``temporal_fc`` at its random init (a quirk of their loading code), every block's
+    ``temporal_fc`` is zeroed here, so the inflated model reproduces the ViT on each frame of a
+    static video at initialisation; training moves ``temporal_fc`` away from zero in every block.
+
+    Args:
+        vit: a `ViTModel` (taken over, not copied).
+        num_frames: length of ``time_embed``.
+
+    Returns:
+        The inflated model, sharing ``vit``'s parameters.
+    """
+    model = TimeSformer(vit, num_frames)
+    with torch.no_grad():
+        for layer, temporal in zip(vit.layers, model.temporal, strict=True):
+            spatial = cast(ViTLayer, layer)
+            branch = cast(TemporalAttention, temporal)
+            branch.layernorm.load_state_dict(spatial.layernorm_before.state_dict())
+            branch.attention.load_state_dict(spatial.attention.state_dict())
+            nn.init.zeros_(branch.temporal_fc.weight)
+            nn.init.zeros_(branch.temporal_fc.bias)
+        model.time_embed.zero_()
+    return model
+
+
+# ------------------------------------------------------------------------------ encoders
+
+
+class TimeSformerSpec(ComponentSpec):
+    """A divided space-time video and image encoder inflated from a ViT (``model.components.*``)."""
+
+    type: Literal["timesformer"] = "timesformer"
+    pretrained: str | None = None
+    """`ViTModel` checkpoint name or directory, inflated to video; random init when omitted."""
+    config: dict[str, Any] = {}
+    """`ViTConfig` fields (random init) or overrides (with ``pretrained``)."""
+    num_frames: int | None = Field(None, ge=1)
+    """Length of the temporal embedding; defaults to ``data.video.frames`` (8 without one)."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """Global feature: the [CLS] token or the mean of all patch tokens."""
+    gradient_checkpointing: bool = False
+    """Recompute each block in the backward pass to save memory."""
+
+
+class TimeSformerEncoder(Encoder):
+    """`TimeSformer` over ``{"pixel_values": (B, T, 3, H, W) | (B, 3, H, W)}``.
+
+    Returns sequence (B, 1 + T*P, D) ([CLS], then frame-major patches; T = 1 for images),
+    pooled (B, D) and no mask.
+    """
+
+    modality = "video"
+
+    def __init__(self, model: TimeSformer, pooling: str = "cls") -> None:
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.output_dim = model.hidden_size
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        sequence = self.model(inputs["pixel_values"])
+        pooled = sequence[:, 0] if self.pooling == "cls" else sequence[:, 1:].mean(dim=1)
+        return EncoderOutput(sequence, pooled, None)
+
+
+def _frames_and_size(ctx: BuildContext) -> tuple[int | None, int | None]:
+    """Frames and side length the data's video (else image) processor produces, if known."""
+    video = ctx.processors.get("video")
+    video_config = getattr(video, "config", None)
+    if video_config is not None and hasattr(video_config, "frames"):
+        return int(video_config.frames), int(video_config.size)
+    image = ctx.processors.get("image")
+    return None, (image.config.size if isinstance(image, ImageProcessor) else None)
+
+
+def _load_spatial_vit(
+    pretrained: str | None, fields: dict[str, Any], checkpointing: bool, ctx: BuildContext
+) -> ViTModel:
+    """`load_vit` with the image size taken from the video processor when there is one."""
+    _, size = _frames_and_size(ctx)
+    if pretrained is None and size is not None:
+        fields = {"image_size": size, **fields}
+    spec = ViTEncoderSpec(pretrained=pretrained, config=fields, gradient_checkpointing=False)
+    vit = load_vit(spec, ctx)
+    if checkpointing:
+        vit.activation_checkpointing_enable()
+    return vit
+
+
+def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> TimeSformerEncoder:
+    """Registry factory of the ``timesformer`` encoder."""
+    vit = _load_spatial_vit(config.pretrained, config.config, False, ctx)
+    frames, _ = _frames_and_size(ctx)
+    model = inflate_from_vit(vit, config.num_frames or frames or 8)
+    model.gradient_checkpointing = config.gradient_checkpointing
+    return TimeSformerEncoder(model, config.pooling)
+
+
+class FrameMeanSpec(ComponentSpec):
+    """A ViT run on each frame, features averaged over time (COTS video retrieval, SPEC §A3)."""
+
+    type: Literal["frame_mean"] = "frame_mean"
+    pretrained: str | None = None
+    """`ViTModel` checkpoint name or directory; random init when omitted."""
+    config: dict[str, Any] = {}
+    """`ViTConfig` fields (random init) or overrides (with ``pretrained``)."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """Per-frame feature: the frame's [CLS] token or the mean of its patch tokens."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+class FrameMeanEncoder(Encoder):
+    """An image encoder applied frame by frame to ``{"pixel_values": (B, T, 3, H, W)}``.
+
+    Returns sequence (B, T, D) of per-frame features, pooled (B, D) = their mean over T, no
+    mask. An image (B, 3, H, W) is read as a one-frame video.
+    """
+
+    modality = "video"
+
+    def __init__(self, image_encoder: Encoder) -> None:
+        super().__init__()
+        self.image = image_encoder
+        self.output_dim = image_encoder.output_dim
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        pixels = inputs["pixel_values"]
+        video = pixels if pixels.ndim == 5 else pixels.unsqueeze(1)
+        batch, frames = video.shape[:2]
+        per_frame = self.image({"pixel_values": video.flatten(0, 1)}).pooled  # (B*T, D)
+        sequence = per_frame.unflatten(0, (batch, frames))
+        return EncoderOutput(sequence, sequence.mean(dim=1), None)
+
+
+def make_frame_mean_encoder(config: FrameMeanSpec, ctx: BuildContext) -> FrameMeanEncoder:
+    """Registry factory of the ``frame_mean`` encoder."""
+    vit = _load_spatial_vit(config.pretrained, config.config, config.gradient_checkpointing, ctx)
+    return FrameMeanEncoder(ViTImageEncoder(vit, config.pooling))
+
+
+@hookimpl
+def modaloom_register_modalities(registry: Registry) -> None:
+    """Register the ``timesformer`` and ``frame_mean`` encoders."""
+    registry.add(
+        "encoder",
+        "timesformer",
+        make_timesformer_encoder,
+        TimeSformerSpec,
+        description="divided space-time ViT for video and images, inflated from a ViT",
+        modality=("video", "image"),
+        tiny={"config": TINY_VIT, "num_frames": 2},
+    )
+    registry.add(
+        "encoder",
+        "frame_mean",
+        make_frame_mean_encoder,
+        FrameMeanSpec,
+        description="ViT per frame, features averaged over time (COTS)",
+        modality="video",
+        tiny={"config": TINY_VIT},
+    )

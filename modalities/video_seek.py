@@ -1,0 +1,267 @@
+"""Seek-based frame sampling: the `SeekSampler` and the stream timeline it works on.
+
+Targets are handled in time order. For each one the sampler either keeps decoding forward
+from where it is (when no keyframe lies between the current position and the target, so a
+seek could only land at or before the current position) or seeks to the keyframe at or before
+the target and decodes forward until the frame after the target appears. The frame returned
+for ``t`` is the frame on screen at ``t``: the last one whose presentation time is ``<= t``.
+Keyframe positions come from the container's index (mp4, mkv/webm cues, avi); without an
+index, from the keyframes met while decoding plus a short fixed window (`UNKNOWN_GOP_WINDOW`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import av.container
+import av.video.stream
+import numpy as np
+
+from modaloom.core.errors import MediaDecodeError
+
+DEFAULT_MAX_PACKETS = 4096
+"""Packets demuxed per requested frame before giving up (guards against garbage input)."""
+UNKNOWN_GOP_WINDOW = 1.0
+"""Seconds decoded forward instead of seeking when keyframe positions are unknown."""
+_SEEK_BACKOFFS = (0.0, 1.0, 5.0, math.inf)
+"""Seconds to step back when a seek lands after its target (imprecise container indexes)."""
+EPS = 1e-6
+"""Seconds of slack when comparing frame times with target times."""
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Maps a stream's timestamps to seconds from its start.
+
+    Attributes:
+        start_pts: the stream's first timestamp, in ``time_base`` units.
+        time_base: seconds per timestamp unit.
+        duration: length of the stream in seconds, or ``None`` when it cannot be known.
+    """
+
+    start_pts: int
+    time_base: Fraction
+    duration: float | None
+    _scale: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_scale", float(self.time_base))  # float maths per frame
+
+    def seconds(self, pts: int) -> float:
+        """Seconds from the stream's start of timestamp ``pts``."""
+        return (pts - self.start_pts) * self._scale
+
+    def pts(self, seconds: float) -> int:
+        """The timestamp at ``seconds`` from the stream's start (rounded down)."""
+        return self.start_pts + math.floor(seconds / self.time_base + EPS)
+
+
+@dataclass
+class Decoded:
+    """A decoded frame and its time in seconds; converted to RGB once, on demand."""
+
+    time: float
+    frame: av.VideoFrame
+    _rgb: np.ndarray | None = field(default=None, repr=False)
+
+    def rgb(self) -> np.ndarray:
+        """The frame as an (H, W, 3) uint8 array."""
+        if self._rgb is None:
+            self._rgb = self.frame.to_ndarray(format="rgb24")
+        return self._rgb
+
+
+class NoTimestamps(Exception):
+    """A decoded frame has no presentation timestamp; sampling falls back to frame indices."""
+
+
+class SeekFailed(Exception):
+    """The container refused to seek; sampling falls back to decoding in order."""
+
+
+def video_stream(container: av.container.InputContainer, key: str) -> av.video.stream.VideoStream:
+    """The first video stream of ``container``.
+
+    Raises:
+        MediaDecodeError: ``no video stream`` when there is none.
+    """
+    if not container.streams.video:
+        raise MediaDecodeError(key, "no video stream")
+    return container.streams.video[0]
+
+
+def timeline(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    *,
+    duration: bool = True,
+) -> Timeline:
+    """The stream's start, time base and duration.
+
+    The duration is the stream's, else the container's, else found by demuxing every packet
+    (no decoding; the container is left at its end, so seek before decoding). ``None`` when no
+    packet has a timestamp; ``duration=False`` skips the search.
+    """
+    time_base = stream.time_base or Fraction(1, av.time_base)
+    start = stream.start_time if stream.start_time is not None else 0
+    if not duration:
+        return Timeline(start, time_base, None)
+    if stream.duration:
+        return Timeline(start, time_base, float(stream.duration * time_base))
+    if container.duration:
+        return Timeline(start, time_base, container.duration / av.time_base)
+    end = None
+    for packet in container.demux(stream):  # demux only: reads packets, decodes nothing
+        if packet.pts is not None:
+            stop = packet.pts + (packet.duration or 0)
+            end = stop if end is None else max(end, stop)
+    if end is None or end <= start:
+        return Timeline(start, time_base, None)
+    return Timeline(start, time_base, float((end - start) * time_base))
+
+
+def _index_keyframes(stream: av.video.stream.VideoStream, line: Timeline) -> list[float] | None:
+    """Keyframe times (seconds, ascending) from the container's index; ``None`` without one.
+
+    Matroska reads its cues at the first seek, so this is asked again after seeking.
+    """
+    try:
+        entries = list(stream.index_entries)
+    except (AttributeError, av.FFmpegError):  # older PyAV
+        return None
+    if len(entries) < 2:
+        return None
+    return sorted(line.seconds(entry.timestamp) for entry in entries if entry.is_keyframe)
+
+
+class SeekSampler:
+    """Decodes the frames on screen at given times by seeking to keyframes and decoding forward.
+
+    Attributes:
+        seeks: container seeks made so far.
+        decoded: frames decoded so far (the cost that seeking saves).
+    """
+
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.video.stream.VideoStream,
+        line: Timeline,
+        key: str,
+        max_packets: int,
+    ) -> None:
+        self._container, self._stream, self._line = container, stream, line
+        self._key, self._max_packets = key, max_packets
+        self._keys: list[float] = []  # known keyframe times, ascending
+        self._indexed = False  # whether _keys comes from a complete container index
+        self._cur: Decoded | None = None  # answer to the last target
+        self._ahead: Decoded | None = None  # first frame after it; None at end of stream
+        self._packets: Iterator[av.Packet] = iter(())
+        self._queue: deque[av.VideoFrame] = deque()
+        self._eof = True
+        self._budget = 0
+        self.seeks = 0
+        self.decoded = 0
+
+    def sample(self, times: Sequence[float]) -> list[Decoded]:
+        """The frame on screen at each time (in the order given)."""
+        result: dict[int, Decoded] = {}
+        for index in sorted(range(len(times)), key=times.__getitem__):
+            self._budget = self._max_packets
+            result[index] = self._frame_at(times[index])
+        return [result[index] for index in range(len(times))]
+
+    def _frame_at(self, t: float) -> Decoded:
+        cur = self._cur
+        if cur is not None and cur.time <= t + EPS:
+            if self._ahead is None or t + EPS < self._ahead.time:
+                return self._check_end(cur, t)
+            if self._forward_is_cheaper(t):
+                return self._check_end(self._advance(t), t)
+        self._seek(t)
+        return self._check_end(self._advance(t), t)
+
+    def _forward_is_cheaper(self, t: float) -> bool:
+        """Whether no keyframe lies between the current position and ``t``."""
+        assert self._ahead is not None
+        here = self._ahead.time
+        after = bisect.bisect_right(self._keys, here)
+        if after < len(self._keys) and self._keys[after] <= t:
+            return False  # a seek lands on that keyframe, past the current position
+        if self._indexed:
+            return True
+        return t - here < UNKNOWN_GOP_WINDOW
+
+    def _seek(self, t: float) -> None:
+        for back in _SEEK_BACKOFFS:
+            target = max(t - back, 0.0)
+            try:
+                self._container.seek(
+                    self._line.pts(target), stream=self._stream, backward=True, any_frame=False
+                )
+            except av.FFmpegError as exc:  # not seekable (streamed mkv without cues, ...)
+                raise SeekFailed from exc
+            self._stream.codec_context.flush_buffers()
+            self.seeks += 1
+            if not self._indexed:
+                indexed = _index_keyframes(self._stream, self._line)
+                if indexed is not None:
+                    self._keys, self._indexed = indexed, True
+            self._packets, self._eof = self._container.demux(self._stream), False
+            self._queue.clear()
+            self._cur, self._ahead = None, self._next()
+            if self._ahead is None and target > 0.0:
+                continue  # landed past the last frame: step back
+            if self._ahead is None or self._ahead.time <= t + EPS or target == 0.0:
+                return
+
+    def _next(self) -> Decoded | None:
+        """The next frame in presentation order, or ``None`` at the end of the stream."""
+        while not self._queue:
+            if self._eof:
+                return None
+            packet = next(self._packets, None)
+            if packet is None:
+                self._eof = True
+                continue
+            self._budget -= 1
+            if self._budget < 0:
+                raise MediaDecodeError(
+                    self._key, f"no frame found within {self._max_packets} packets"
+                )
+            if packet.is_keyframe and packet.pts is not None and not self._indexed:
+                bisect.insort(self._keys, self._line.seconds(packet.pts))
+            self._queue.extend(self._stream.codec_context.decode(packet))
+        frame = self._queue.popleft()
+        if frame.pts is None:
+            raise NoTimestamps
+        self.decoded += 1
+        return Decoded(self._line.seconds(frame.pts), frame)
+
+    def _advance(self, t: float) -> Decoded:
+        best, frame = self._cur, self._ahead
+        while frame is not None and frame.time <= t + EPS:
+            best, frame = frame, self._next()
+        if best is None:  # the first frame after the seek is already later than t
+            if frame is None:
+                raise MediaDecodeError(self._key, "no decodable video frames")
+            best, frame = frame, self._next()
+        self._cur, self._ahead = best, frame
+        return best
+
+    def _check_end(self, found: Decoded, t: float) -> Decoded:
+        """Reject a stream that ends well before ``t`` (a truncated file)."""
+        duration = self._line.duration or 0.0
+        if self._ahead is None and t - found.time > max(0.5, 0.1 * duration):
+            raise MediaDecodeError(
+                self._key,
+                f"video ends at {found.time:.2f}s, before the sampled time {t:.2f}s "
+                "(truncated file?)",
+            )
+        return found
