@@ -118,6 +118,11 @@ class StreamPlan:
     batch_size: int
     cursors: list[int] = field(default_factory=list)
     micro: int = 0
+    mixing: str = "batch"
+    """``batch``: one source per optimizer step (on every rank), as VALOR and OmniVL sample
+    datasets; ``sample``: each sample draws its source."""
+    group: int = 1
+    """Consecutive micro-batches that share a source in ``batch`` mixing (the world size)."""
 
     def __post_init__(self) -> None:
         self.cursors = self.cursors or [0] * len(self.names)
@@ -125,12 +130,16 @@ class StreamPlan:
 
     def next_micro_batch(self) -> list[tuple[int, int]]:
         """(source index, source position) for each slot of the next micro-batch."""
+        indices = range(len(self.names))
+        step_rng = random.Random(f"plan:{self.seed}:step:{self.micro // self.group}")
+        step_source = step_rng.choices(indices, self.weights)[0]
         rng = random.Random(f"plan:{self.seed}:{self.micro}")
         slots = []
         for _ in range(self.batch_size):
-            source = (
-                rng.choices(range(len(self.names)), self.weights)[0] if len(self.names) > 1 else 0
-            )
+            if len(self.names) == 1 or self.mixing == "batch":
+                source = step_source if len(self.names) > 1 else 0
+            else:
+                source = rng.choices(indices, self.weights)[0]
             slots.append((source, self.cursors[source]))
             self.cursors[source] += 1
         self.micro += 1

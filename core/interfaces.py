@@ -98,6 +98,10 @@ class Encoder(nn.Module):
     def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def stage_actions(self) -> dict[str, Callable[[], None]]:
+        """Named in-place operations a training stage may run when it starts (``inflate``)."""
+        return {}
+
 
 class Objective(nn.Module):
     """Base of objectives: reads features from the cache and returns ``*_loss`` terms."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from modaloom.core.data import (
     build_sources,
     make_train_loader,
 )
-from modaloom.core.errors import CheckpointError, ModaloomError
-from modaloom.core.interfaces import Batch, Processor, Source
+from modaloom.core.errors import CheckpointError, ModaloomError, SpecError
+from modaloom.core.interfaces import Batch, Encoder, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
 from modaloom.core.spec import spec_to_tree
@@ -177,6 +178,8 @@ class TrainingSession:
             lengths=[len(s) if s.is_map_style else None for s in sources],
             seed=self.spec.train.seed * 1000 + index,
             batch_size=self.spec.data.batch_size,
+            mixing=self.spec.data.mixing,
+            group=self.accelerator.num_processes,
         )
         if self.data_state.get("stage") == stage.name:
             plan.micro, plan.cursors = self.data_state["micro"], list(self.data_state["cursors"])
@@ -190,6 +193,9 @@ class TrainingSession:
         """Train one stage from the current step to its end; returns the last loss."""
         train, acc = self.spec.train, self.accelerator
         done = self.step - first_step
+        if done == 0:
+            for action in stage_actions(self.unwrapped, stage, index):
+                action()
         sources, plan = self.stage_plan(index, stage, done)
         tracker = plan.copy()
         decoder = SampleDecoder(self.processors, train=True, on_error=self.spec.data.on_error)
@@ -304,6 +310,34 @@ class TrainingSession:
         self.last_checkpoint = self.checkpoint_root / ckpt.checkpoint_name(self.step)
 
 
+def stage_actions(model: LoomModel, stage: StageSpec, index: int) -> list[Callable[[], None]]:
+    """Resolve a stage's ``component.action`` names, with a spec error for unknown ones."""
+    resolved = []
+    for number, name in enumerate(stage.actions):
+        component, _, action = name.partition(".")
+        available: dict[str, Callable[[], None]] = {}
+        if component in model.components:
+            module = model.components[component]
+            available = module.stage_actions() if isinstance(module, Encoder) else {}
+        if action not in available:
+            listing = ", ".join(
+                f"{c}.{a}"
+                for c, m in model.components.items()
+                if isinstance(m, Encoder)
+                for a in m.stage_actions()
+            )
+            raise SpecError(
+                [
+                    (
+                        f"train.stages.{index}.actions.{number}",
+                        f"unknown action {name!r}; available: {listing or '(none)'}",
+                    )
+                ]
+            )
+        resolved.append(available[action])
+    return resolved
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after ``step`` by a run that was killed (they will be redone)."""
     if not path.is_file():
@@ -336,6 +370,8 @@ def setup_session(
                 processor.save(artifacts)
     set_seed(train.seed)  # model init does not depend on how the tokenizer was obtained
     model = build_model(spec.model, registry, processors)
+    for index, stage in enumerate(train.resolved_stages()):
+        stage_actions(model, stage, index)  # unknown actions fail before training starts
     optimizer = make_optimizer(model, train.optimizer)
     total = sum(stage.steps for stage in train.resolved_stages())
     scheduler = make_scheduler(optimizer, total, train.scheduler)

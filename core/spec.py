@@ -31,6 +31,7 @@ _KIND_OF_SECTION: dict[str, str] = {
 }
 _CACHE_ATTR = "_spec_class"
 OnError = Literal["skip", "raise"]
+Mixing = Literal["batch", "sample"]
 
 
 def _union(registry: Registry, kinds: Sequence[Kind], base: type[BaseModel]) -> Any:
@@ -81,6 +82,7 @@ def build_spec_class(registry: Registry) -> type[Spec]:
         eval_batch_size=(int | None, Field(None, gt=0)),
         num_workers=(int, Field(0, ge=0)),
         on_error=(OnError, "skip"),
+        mixing=(Mixing, "batch"),
         **_modality_fields(registry),
     )
     spec_class = create_model(

@@ -90,6 +90,8 @@ class StageSpec(Spec):
     """Optimizer steps in this stage."""
     sources: list[str] | None = None
     """Names of ``data.sources`` used in this stage; all of them when omitted."""
+    actions: list[str] = []
+    """``component.action`` to run when the stage starts, e.g. ``vision.inflate`` (OmniVL)."""
 
 
 class TrainSpec(Spec):

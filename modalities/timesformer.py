@@ -15,6 +15,7 @@ patch tokens frame by frame (frame-major: ``sequence[:, 1:].view(B, T, P, D)``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import torch
@@ -206,8 +207,16 @@ def inflate_from_vit(vit: ViTModel, num_frames: int = 8) -> TimeSformer:
         The inflated model, sharing ``vit``'s parameters.
     """
     model = TimeSformer(vit, num_frames)
+    initialise_temporal_from_spatial(model)
+    return model
+
+
+def initialise_temporal_from_spatial(model: TimeSformer) -> None:
+    """Copy each block's spatial attention and LayerNorm into its temporal branch and zero
+    ``temporal_fc`` and ``time_embed``, in place (OmniVL's stage-2 inflation after image-only
+    training; the ``inflate`` stage action)."""
     with torch.no_grad():
-        for layer, temporal in zip(vit.layers, model.temporal, strict=True):
+        for layer, temporal in zip(model.vit.layers, model.temporal, strict=True):
             spatial = cast(ViTLayer, layer)
             branch = cast(TemporalAttention, temporal)
             branch.layernorm.load_state_dict(spatial.layernorm_before.state_dict())
@@ -215,7 +224,6 @@ def inflate_from_vit(vit: ViTModel, num_frames: int = 8) -> TimeSformer:
             nn.init.zeros_(branch.temporal_fc.weight)
             nn.init.zeros_(branch.temporal_fc.bias)
         model.time_embed.zero_()
-    return model
 
 
 # ------------------------------------------------------------------------------ encoders
@@ -251,6 +259,10 @@ class TimeSformerEncoder(Encoder):
         self.model = model
         self.pooling = pooling
         self.output_dim = model.hidden_size
+
+    def stage_actions(self) -> dict[str, Callable[[], None]]:
+        """``inflate``: re-initialise the temporal branches from the trained spatial ones."""
+        return {"inflate": lambda: initialise_temporal_from_spatial(self.model)}
 
     def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         sequence = self.model(inputs["pixel_values"])

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from modaloom.core.checkpoint import latest_checkpoint
-from modaloom.core.errors import CheckpointError
+from modaloom.core.errors import CheckpointError, SpecError
 from modaloom.core.optim import lr_factor, parameter_groups
 from modaloom.core.registry import Registry
 from modaloom.core.runner import train
@@ -170,3 +170,37 @@ def test_schedule_shapes() -> None:
     assert lr_factor(110, 110, cosine) == pytest.approx(0.1)
     linear = SchedulerSpec(type="linear", warmup_steps=0)
     assert lr_factor(25, 100, linear) == pytest.approx(0.75)
+
+
+def test_stage_actions_are_checked_and_run(registry, shapes_manifest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = [f"data.sources.train.path={shapes_manifest}", "train.steps=null"]
+    bad = load_spec(
+        "clip-tiny", [*base, "train.stages=[{name: a, steps: 1, actions: [vision.fly]}]"], registry
+    )
+    with pytest.raises(SpecError) as info:
+        train(bad, tmp_path / "bad", registry=registry, show_progress=False)
+    assert info.value.problems == [
+        ("train.stages.0.actions.0", "unknown action 'vision.fly'; available: (none)")
+    ]
+    video = load_spec(
+        "clip-tiny",
+        [
+            *base,
+            "model.components.vision.type=timesformer",
+            "train.checkpoint_every=1",
+            "train.optimizer.lr=0.01",
+            "train.stages=[{name: a, steps: 1}, {name: b, steps: 1, actions: [vision.inflate]}]",
+        ],
+        registry,
+    )
+    result = train(video, tmp_path / "ok", registry=registry, show_progress=False)
+    root = tmp_path / "ok" / "checkpoints"
+    after_a = load_file(root / "step-00000001" / "model.safetensors")
+    final = load_file(root / "step-00000002" / "model.safetensors")
+    prefix = "components.vision.model."
+    spatial = prefix + "vit.layers.0.attention.q_proj.weight"
+    temporal = prefix + "temporal.0.attention.q_proj.weight"
+    assert result.step == 2
+    assert not torch.equal(after_a[temporal], after_a[spatial])  # stage a trained spatial only
+    assert torch.equal(final[temporal], after_a[spatial])  # inflated from the trained weights
+    assert torch.count_nonzero(final[prefix + "temporal.0.temporal_fc.weight"]) == 0
