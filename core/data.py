@@ -70,12 +70,13 @@ class SampleDecoder:
     def decode(self, raw: RawSample, rng: random.Random) -> dict[str, Any]:
         """All modality fields of one sample (raises `MediaDecodeError`)."""
         key = str(raw.get("__key__", "?"))
-        out: dict[str, Any] = {"__key__": key, "label": raw.get("label")}
+        meta = {k: v for k, v in raw.items() if not isinstance(v, bytes | bytearray)}
+        out: dict[str, Any] = {"__key__": key, "label": raw.get("label"), "__meta__": meta}
         for name, value in raw.items():
             if name in RESERVED_FIELDS or name not in self.processors:
                 continue
             out[name] = self.processors[name].process(value, key=key, train=self.train, rng=rng)
-        if len(out) == 2:
+        if len(out) == 3:
             raise MediaDecodeError(key, f"no field any processor reads (fields: {sorted(raw)})")
         return out
 
@@ -93,7 +94,11 @@ class SampleDecoder:
 
     def collate(self, decoded: list[dict[str, Any]], skipped: list[tuple[str, str]]) -> Batch:
         """Stack decoded samples into a `Batch` (see core.interfaces for the layout)."""
-        batch: Batch = {"__keys__": [d["__key__"] for d in decoded], "__skipped__": skipped}
+        batch: Batch = {
+            "__keys__": [d["__key__"] for d in decoded],
+            "__meta__": [d["__meta__"] for d in decoded],
+            "__skipped__": skipped,
+        }
         fields = {name for d in decoded for name in d if name in self.processors}
         for name in sorted(fields):
             batch[name] = self.processors[name].collate([d.get(name) for d in decoded])

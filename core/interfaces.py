@@ -4,6 +4,8 @@ Batch layout (what the data layer yields and the model consumes)::
 
     {
       "__keys__": list[str],                       # sample keys, for logging
+      "__meta__": list[dict],                      # each sample's raw non-binary fields (captions,
+                                                   # QA pairs, ...), for evaluators
       "__skipped__": int,                          # corrupt samples dropped while building it
       "text":  {"input_ids": (B, L), "attention_mask": (B, L), "present": (B,)},
       "image": {"pixel_values": (B, 3, H, W), "present": (B,)},

@@ -99,9 +99,7 @@ class ITC(Objective):
         if int(keep.sum()) < 2:
             return {"itc_loss": 0.0 * (za.sum() + zb.sum()), "temperature": temperature.detach()}
         if labels is not None:
-            labels = labels[keep]
-            unlabeled = labels < 0
-            labels = torch.where(unlabeled, -1 - torch.arange(len(labels)), labels)
+            labels = labels[keep]  # negative = caption pair, a positive of itself only
         loss = contrastive_loss(za[keep], zb[keep], temperature, labels=labels)
         return {"itc_loss": loss, "temperature": temperature.detach()}
 

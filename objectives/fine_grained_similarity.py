@@ -92,21 +92,23 @@ def fine_grained_similarity(
     text_all_valid, other_all_valid = bool(text_mask.all()), bool(other_mask.all())
     step_t = chunk_size or text.shape[0]
     step_x = chunk_size or other.shape[0]
-    rows = []
+    out: Tensor | None = None  # filled block by block: no list of blocks, no final cat
     for i in range(0, text.shape[0], step_t):
         ti = slice(i, i + step_t)
-        cols = [
-            _fine_grained_block(
+        for j in range(0, other.shape[0], step_x):
+            tj = slice(j, j + step_x)
+            block = _fine_grained_block(
                 text[ti],
                 text_mask[ti],
                 w_t[ti],
-                other[j : j + step_x],
-                other_mask[j : j + step_x],
-                w_x[j : j + step_x],
+                other[tj],
+                other_mask[tj],
+                w_x[tj],
                 text_all_valid,
                 other_all_valid,
             )
-            for j in range(0, other.shape[0], step_x)
-        ]
-        rows.append(torch.cat(cols, dim=1))
-    return torch.cat(rows, dim=0)
+            if out is None:
+                out = block.new_empty((text.shape[0], other.shape[0]))
+            out[ti, tj] = block
+    assert out is not None
+    return out
