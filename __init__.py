@@ -18,6 +18,7 @@ from modaloom.core.errors import (
     UnknownComponentError,
 )
 from modaloom.core.hookspecs import hookimpl
+from modaloom.core.inference import Pipeline, load
 from modaloom.core.interfaces import Encoder, EncoderOutput, Objective, Processor, Source
 from modaloom.core.plugins import default_registry, load_plugins
 from modaloom.core.registry import Registry
@@ -33,6 +34,7 @@ __all__ = [
     "MediaDecodeError",
     "ModaloomError",
     "Objective",
+    "Pipeline",
     "Processor",
     "Registry",
     "Source",
@@ -41,6 +43,7 @@ __all__ = [
     "build_model",
     "default_registry",
     "hookimpl",
+    "load",
     "load_plugins",
     "load_spec",
 ]

@@ -49,6 +49,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from modaloom.core.evaluation import format_table, run_evaluators, write_metrics
+    from modaloom.core.inference import load_run
+
+    registry = default_registry()
+    spec = load_spec(args.spec, args.set, registry)
+    if not spec.eval:
+        raise ModaloomError(f"{args.spec} has no `eval:` section; add an evaluator")
+    run = load_run(args.checkpoint, spec=spec, registry=registry)
+    metrics = run_evaluators(spec, run.model, run.processors, run.sources, registry, run.device)
+    output = Path(args.output) if args.output else run.checkpoint / "metrics.json"
+    write_metrics(output, metrics)
+    print(format_table(metrics))
+    print(f"wrote {output}")
+    return 0
+
+
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.set)
@@ -121,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from the last complete checkpoint in --output",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint with the spec's evaluators")
+    add_spec_arguments(evaluate)
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run directory (newest checkpoint) or a step-N directory",
+    )
+    evaluate.add_argument("--output", help="metrics file (default: CHECKPOINT/metrics.json)")
     validate = sub.add_parser("validate", help="check a spec without running it")
     add_spec_arguments(validate)
     plugins = sub.add_parser("plugins", help="list registered components and their plugins")

@@ -114,6 +114,23 @@ class Objective(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called once after every optimizer step (momentum updates and the like)."""
 
+    def retrieval_side(
+        self, components: tuple[str, ...], features: FeatureCache
+    ) -> dict[str, Tensor] | None:
+        """Retrieval representation of one side (e.g. ``("vision", "audio")``), or ``None``
+        when this objective cannot embed that combination.
+
+        Returns:
+            Tensors with the batch as first dimension (e.g. ``{"embedding": (B, E)}``); tensors
+            with a second dimension of varying length are padded with zeros when batches are
+            concatenated, so masks must be included as 0/1 tensors.
+        """
+        return None
+
+    def retrieval_scores(self, query: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
+        """Scores (Q, T) between two `retrieval_side` outputs; dot product of embeddings."""
+        return query["embedding"] @ target["embedding"].T
+
 
 class Source(ABC):
     """Yields raw samples. Map-style sources implement ``__len__`` and ``__getitem__``."""

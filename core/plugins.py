@@ -25,8 +25,16 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.modalities.clip_vision",
     "modaloom.modalities.text_decoder",
     "modaloom.objectives.contrastive",
+    "modaloom.objectives.queue_contrastive",
+    "modaloom.objectives.cots",
+    "modaloom.objectives.matching",
+    "modaloom.objectives.captioning",
+    "modaloom.objectives.fine_grained",
+    "modaloom.objectives.mvlm",
     "modaloom.plugins.manifest",
     "modaloom.plugins.presets",
+    "modaloom.plugins.retrieval",
+    "modaloom.plugins.zeroshot",
 )
 
 REGISTER_HOOKS: tuple[str, ...] = (

@@ -87,6 +87,16 @@ class ITC(Objective):
         zb = F.normalize(self.proj_b(features[self.config.b].pooled), dim=-1)
         return za, zb
 
+    def retrieval_side(
+        self, components: tuple[str, ...], features: FeatureCache
+    ) -> dict[str, Tensor] | None:
+        """``{"embedding": (B, E)}`` for ``(a,)`` or ``(b,)``."""
+        projections = {self.config.a: self.proj_a, self.config.b: self.proj_b}
+        if len(components) != 1 or components[0] not in projections:
+            return None
+        pooled = features[components[0]].pooled
+        return {"embedding": F.normalize(projections[components[0]](pooled), dim=-1)}
+
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
         za, zb = self.embed(features)

@@ -1,0 +1,145 @@
+"""Evaluation plumbing: the evaluator contract, eval batches, and running ``spec.eval``."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import send_to_device
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from modaloom.core.compose import FeatureCache, LoomModel
+from modaloom.core.data import EvalStream, SampleDecoder
+from modaloom.core.errors import SpecError
+from modaloom.core.interfaces import Batch, Objective, Processor, Source
+from modaloom.core.registry import Registry
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator gets: the model, processors and its source."""
+
+    model: LoomModel
+    processors: dict[str, Processor]
+    source: Source
+    batch_size: int
+    num_workers: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def batches(self) -> Iterator[Batch]:
+        """The source once, in order, decoded without augmentation, on the model's device."""
+        decoder = SampleDecoder(self.processors, train=False)
+        stream = EvalStream(self.source, decoder, self.batch_size)
+        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+        for batch in loader:
+            batch.pop("__skipped__", None)
+            yield send_to_device(batch, self.device)
+
+    def features(self, batch: Batch) -> FeatureCache:
+        """A features cache over ``batch`` (encode lazily, once per component)."""
+        return FeatureCache(self.model, batch)
+
+    def objective(self, name: str | None, supports: Sequence[tuple[str, ...]]) -> Objective:
+        """The named objective, or the first one whose `retrieval_side` handles ``supports``."""
+        model = self.model
+        pairs = list(zip(model.objective_names, model.objectives, strict=True))
+        if name is not None:
+            for objective_name, objective in pairs:
+                if objective_name == name:
+                    return objective  # type: ignore[return-value]
+            raise SpecError(
+                [("eval", f"no objective named {name!r}; objectives are {model.objective_names}")]
+            )
+        probe = self._probe_batch(supports)
+        for _, objective in pairs:
+            sides = [objective.retrieval_side(s, self.features(probe)) for s in supports]
+            if all(side is not None for side in sides):
+                return objective  # type: ignore[return-value]
+        raise SpecError(
+            [
+                (
+                    "eval",
+                    f"no objective can score {' against '.join(map('+'.join, supports))}; "
+                    "add one (itc, mga, ...) or set `objective:`",
+                )
+            ]
+        )
+
+    def _probe_batch(self, supports: Sequence[tuple[str, ...]]) -> Batch:
+        if not hasattr(self, "_probe"):
+            self._probe = next(self.batches())
+        return self._probe
+
+
+class Evaluator(ABC):
+    """Computes flat ``{"<family>.<metric>": value}`` metrics for a trained model."""
+
+    @abstractmethod
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        """Run on ``ctx.source`` and return metrics."""
+
+
+def concat_padded(parts: list[Tensor]) -> Tensor:
+    """Concatenate along dim 0, zero-padding dim 1 to the longest part (for token tensors)."""
+    if parts[0].dim() < 2 or len({p.shape[1] for p in parts}) == 1:
+        return torch.cat(parts)
+    width = max(p.shape[1] for p in parts)
+    padded = [
+        torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1])) for p in parts
+    ]
+    return torch.cat(padded)
+
+
+def concat_sides(sides: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Join per-batch `retrieval_side` outputs into one gallery."""
+    return {key: concat_padded([side[key] for side in sides]) for key in sides[0]}
+
+
+def run_evaluators(
+    spec: Any,
+    model: LoomModel,
+    processors: dict[str, Processor],
+    sources: dict[str, Source],
+    registry: Registry,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Run every entry of ``spec.eval`` and merge their metrics."""
+    metrics: dict[str, float] = {}
+    model.eval()
+    batch_size = spec.data.eval_batch_size or spec.data.batch_size
+    with torch.no_grad():
+        for index, config in enumerate(spec.eval):
+            factory = registry.get("evaluator", config.type).factory
+            assert factory is not None
+            if config.source not in sources:
+                raise SpecError([(f"eval.{index}.source", f"unknown source {config.source!r}")])
+            ctx = EvalContext(
+                model,
+                processors,
+                sources[config.source],
+                batch_size,
+                spec.data.num_workers,
+                device or torch.device("cpu"),
+            )
+            metrics.update(factory(config).evaluate(ctx))
+    return metrics
+
+
+def write_metrics(path: Path, metrics: dict[str, float]) -> None:
+    """Write a flat, sorted metrics.json."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Two aligned columns, metric and value."""
+    width = max((len(k) for k in metrics), default=6)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Retrieval evaluator: R@1/5/10 and median rank in both directions, computed in chunks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Objective
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import EvaluatorSpec
+
+RECALL_AT = (1, 5, 10)
+
+
+class RetrievalSpec(EvaluatorSpec):
+    """Text-to-media and media-to-text retrieval over a paired source."""
+
+    type: Literal["retrieval"] = "retrieval"
+    query: list[str] = ["text"]
+    """Components of the query side."""
+    target: list[str] = ["vision"]
+    """Components of the target side (``[vision, audio]`` scores against both together)."""
+    objective: str | None = None
+    """Objective whose embeddings and scores are used; the first that can score both sides."""
+    name: str | None = None
+    """Metric name, e.g. ``t2av``; the components' initials by default."""
+    chunk_size: int = Field(512, gt=0)
+    """Queries scored at once; memory grows with chunk_size x gallery size."""
+    match_by: Literal["text", "key"] = "text"
+    """``text``: samples sharing a caption count as correct matches; ``key``: only the pair."""
+
+
+def initials(components: list[str]) -> str:
+    """``["vision", "audio"]`` -> ``"va"``."""
+    return "".join(name[0] for name in components)
+
+
+def group_ids(values: list[str]) -> Tensor:
+    """Equal strings get equal integer ids, (N,)."""
+    table: dict[str, int] = {}
+    return torch.tensor([table.setdefault(value, len(table)) for value in values])
+
+
+def best_correct_ranks(
+    objective: Objective,
+    queries: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    query_groups: Tensor,
+    target_groups: Tensor,
+    chunk_size: int,
+) -> Tensor:
+    """0-based rank of the best-scored correct target for each query, (Q,).
+
+    Scores are computed ``chunk_size`` queries at a time, so peak memory is chunk x T.
+    """
+    ranks = []
+    total = len(query_groups)
+    for start in range(0, total, chunk_size):
+        stop = min(start + chunk_size, total)
+        chunk = {key: value[start:stop] for key, value in queries.items()}
+        scores = objective.retrieval_scores(chunk, targets).float()  # (q, T)
+        correct = query_groups[start:stop, None] == target_groups[None, :]
+        best = scores.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
+        ranks.append((scores > best).sum(dim=1))
+    return torch.cat(ranks)
+
+
+def rank_metrics(prefix: str, ranks: Tensor) -> dict[str, float]:
+    """R@K (fractions in 0..1) and the median rank (1-based)."""
+    metrics = {f"{prefix}.r{k}": float((ranks < k).float().mean()) for k in RECALL_AT}
+    metrics[f"{prefix}.medr"] = float((ranks + 1).float().median())
+    return metrics
+
+
+class RetrievalEvaluator(Evaluator):
+    """Embeds every sample's query and target sides once, then ranks in chunks."""
+
+    def __init__(self, config: RetrievalSpec) -> None:
+        self.config = config
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.config
+        query_side, target_side = tuple(cfg.query), tuple(cfg.target)
+        objective = ctx.objective(cfg.objective, [query_side, target_side])
+        queries, targets, groups = [], [], []
+        for batch in ctx.batches():
+            features = ctx.features(batch)
+            query = objective.retrieval_side(query_side, features)
+            target = objective.retrieval_side(target_side, features)
+            assert query is not None and target is not None
+            queries.append({k: v.cpu() for k, v in query.items()})
+            targets.append({k: v.cpu() for k, v in target.items()})
+            for key, meta in zip(batch["__keys__"], batch["__meta__"], strict=True):
+                text = meta.get("text")
+                groups.append(str(text) if cfg.match_by == "text" and text is not None else key)
+        ids = group_ids(groups)
+        gallery_q, gallery_t = concat_sides(queries), concat_sides(targets)
+        forward = cfg.name or f"{initials(cfg.query)}2{initials(cfg.target)}"
+        backward = "2".join(reversed(forward.split("2", 1)))
+        metrics = rank_metrics(
+            f"retrieval.{forward}",
+            best_correct_ranks(objective, gallery_q, gallery_t, ids, ids, cfg.chunk_size),
+        )
+        metrics.update(
+            rank_metrics(
+                f"retrieval.{backward}",
+                best_correct_ranks(
+                    _Swapped(objective), gallery_t, gallery_q, ids, ids, cfg.chunk_size
+                ),
+            )
+        )
+        return metrics
+
+
+class _Swapped(Objective):
+    """Scores target->query with the same objective (for the reverse direction)."""
+
+    def __init__(self, inner: Objective) -> None:
+        super().__init__()
+        self.inner = [inner]  # a list keeps it out of this module's children
+
+    def retrieval_scores(self, query: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
+        return self.inner[0].retrieval_scores(target, query).T
+
+
+@hookimpl
+def modaloom_register_evaluators(registry: Registry) -> None:
+    """Register the retrieval evaluator."""
+    registry.add(
+        "evaluator",
+        "retrieval",
+        RetrievalEvaluator,
+        RetrievalSpec,
+        description="R@1/5/10 and median rank in both directions (chunked)",
+    )

@@ -1,0 +1,102 @@
+"""Zero-shot classification: prompted class names embedded as texts, nearest class wins."""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import torch
+from accelerate.utils import send_to_device
+from pydantic import Field
+from torch import Tensor
+
+from modaloom.core.errors import SpecError
+from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Batch, Objective
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import EvaluatorSpec
+
+
+class ZeroShotSpec(EvaluatorSpec):
+    """Classify each sample of a labelled source by its most similar prompted class text."""
+
+    type: Literal["zeroshot"] = "zeroshot"
+    classes: list[str] = Field(min_length=2)
+    """Class names; index i is label i of the source."""
+    templates: list[str] = ["a photo of a {}."]
+    """Prompts; the class embedding is the normalised mean over templates."""
+    media: list[str] = ["vision"]
+    """Components of the sample side."""
+    text: str = "text"
+    """The text component."""
+    objective: str | None = None
+    """Objective whose embeddings are used; the first that embeds both sides."""
+    name: str = "zeroshot"
+    """Metric prefix."""
+
+
+def prompt_batch(ctx: EvalContext, texts: list[str]) -> Batch:
+    """A text-only batch of ``texts``, tokenized by the data's text processor."""
+    processor = ctx.processors["text"]
+    rng = random.Random(0)
+    items = [processor.process(text, key=text, train=False, rng=rng) for text in texts]
+    batch: Batch = {"text": processor.collate(list(items)), "__keys__": texts, "__meta__": []}
+    return send_to_device(batch, ctx.device)  # type: ignore[no-any-return]
+
+
+class ZeroShotEvaluator(Evaluator):
+    """Accuracy of the nearest prompted class, in ``<name>.accuracy``."""
+
+    def __init__(self, config: ZeroShotSpec) -> None:
+        self.config = config
+
+    def class_embeddings(self, ctx: EvalContext, objective: Objective) -> dict[str, Tensor]:
+        cfg = self.config
+        sides = []
+        for template in cfg.templates:
+            texts = [template.format(name) for name in cfg.classes]
+            side = objective.retrieval_side((cfg.text,), ctx.features(prompt_batch(ctx, texts)))
+            assert side is not None
+            sides.append(side)
+        if len(sides) == 1 or set(sides[0]) != {"embedding"}:
+            return sides[0]  # token-level sides are not averaged over templates
+        mean = torch.stack([s["embedding"] for s in sides]).mean(dim=0)
+        return {"embedding": torch.nn.functional.normalize(mean, dim=-1)}
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        cfg = self.config
+        objective = ctx.objective(cfg.objective, [(cfg.text,), tuple(cfg.media)])
+        classes = self.class_embeddings(ctx, objective)
+        correct = total = 0
+        for batch in ctx.batches():
+            if "labels" not in batch:
+                raise SpecError(
+                    [
+                        (
+                            "eval",
+                            f"zero-shot source has no `label` field "
+                            f"(sample {batch['__keys__'][0]!r})",
+                        )
+                    ]
+                )
+            side = objective.retrieval_side(tuple(cfg.media), ctx.features(batch))
+            assert side is not None
+            scores = objective.retrieval_scores(concat_sides([side]), classes)
+            labels = batch["labels"]
+            valid = labels >= 0
+            correct += int((scores.argmax(dim=1) == labels)[valid].sum())
+            total += int(valid.sum())
+        return {f"{cfg.name}.accuracy": correct / max(total, 1)}
+
+
+@hookimpl
+def modaloom_register_evaluators(registry: Registry) -> None:
+    """Register the zero-shot classification evaluator."""
+    registry.add(
+        "evaluator",
+        "zeroshot",
+        ZeroShotEvaluator,
+        ZeroShotSpec,
+        description="zero-shot classification from prompted label texts",
+    )
