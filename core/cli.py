@@ -67,6 +67,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("data")
+def cmd_data(args: argparse.Namespace) -> int:
+    from modaloom.plugins.data_tools import inspect_url, pack_manifest
+
+    if args.data_command == "pack":
+        shards = pack_manifest(Path(args.manifest), Path(args.output), args.shard_size)
+        print(f"wrote {len(shards)} shard(s) to {args.output}")
+        return 0
+    for sample in inspect_url(args.url, limit=args.limit):
+        print(json.dumps(sample, default=str))
+    return 0
+
+
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.set)
@@ -147,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory (newest checkpoint) or a step-N directory",
     )
     evaluate.add_argument("--output", help="metrics file (default: CHECKPOINT/metrics.json)")
+    data = sub.add_parser("data", help="pack and inspect webdataset shards")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    pack = data_sub.add_parser("pack", help="write a JSONL manifest into tar shards")
+    pack.add_argument("manifest", help="JSONL manifest with media paths relative to it")
+    pack.add_argument("--output", required=True, help="directory for shard-000000.tar, ...")
+    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    inspect = data_sub.add_parser("inspect", help="print the first samples of shards")
+    inspect.add_argument("url", help="a shard URL or brace pattern (any fsspec protocol)")
+    inspect.add_argument("--limit", type=int, default=3, help="samples to print")
     validate = sub.add_parser("validate", help="check a spec without running it")
     add_spec_arguments(validate)
     plugins = sub.add_parser("plugins", help="list registered components and their plugins")
@@ -155,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of specs")
     schema.add_argument("--output", help="write to a file instead of stdout")
     return parser
+
+
+def user_message(exc: BaseException) -> str:
+    """The error's own message; a DataLoader worker wraps it in a traceback, which is dropped."""
+    message = str(exc)
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ModaloomError, pluggy.PluginValidationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

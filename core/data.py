@@ -209,10 +209,17 @@ class TrainStream(IterableDataset):
         return sample
 
     def _restart(self, source: int, skip: int) -> Iterator[RawSample]:
+        """A fresh iterator advanced past ``skip`` samples (wrapping at the end of an epoch)."""
         iterator = iter(self.sources[source].iter_raw())
-        for _ in range(skip):
+        skipped = 0
+        while skipped < skip:
+            if next(iterator, None) is not None:
+                skipped += 1
+                continue
+            iterator = iter(self.sources[source].iter_raw())
             if next(iterator, None) is None:
-                iterator = iter(self.sources[source].iter_raw())
+                raise DataError(f"data source {self.plan.names[source]!r} yielded no sample")
+            skipped += 1
         return iterator
 
     def __iter__(self) -> Iterator[Batch]:
@@ -231,8 +238,8 @@ class TrainStream(IterableDataset):
                         self._next_streamed(source)
                 continue
             raws = [
-                (self._raw(s, p), random.Random(f"aug:{plan.seed}:{micro}:{i}"))
-                for i, (s, p) in enumerate(slots)
+                (self._raw(s, p), random.Random(f"aug:{plan.seed}:{s}:{p}"))
+                for s, p in slots
             ]
             decoded, skipped = self.decoder.decode_many(raws)
             if not decoded:

@@ -1,0 +1,142 @@
+"""The batch plan: same stream with any number of workers and ranks, exact resume."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from modaloom.core.data import SampleDecoder, StreamPlan, TrainStream, make_train_loader
+from modaloom.core.errors import DataError, MediaDecodeError
+from modaloom.core.interfaces import Processor, RawSample, Source
+
+
+class KeyProcessor(Processor):
+    """Turns a text into its length; "bad" is corrupt."""
+
+    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict:
+        if value == "bad":
+            raise MediaDecodeError(key, "bad value")
+        return {"value": torch.tensor([len(value), rng.randint(0, 10**6)])}
+
+    def collate(self, items: list) -> dict:
+        return {
+            "value": torch.stack([i["value"] for i in items]),
+            "present": torch.ones(len(items), dtype=torch.bool),
+        }
+
+
+class Listed(Source):
+    def __init__(self, count: int, map_style: bool = True, bad: tuple[int, ...] = ()) -> None:
+        self.samples = [
+            {"__key__": f"s{i}", "text": "bad" if i in bad else "x" * (i + 1)} for i in range(count)
+        ]
+        self.map_style = map_style
+
+    def iter_raw(self) -> Iterator[RawSample]:
+        yield from (dict(s) for s in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> RawSample:
+        return dict(self.samples[index])
+
+
+class Streamed(Listed):
+    __len__ = Source.__len__  # type: ignore[assignment]
+    __getitem__ = Source.__getitem__  # type: ignore[assignment]
+
+
+def collect(
+    sources: list[Source],
+    stop: int,
+    batch: int,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    micro: int = 0,
+    cursors: list[int] | None = None,
+) -> list[list]:
+    plan = StreamPlan(
+        names=[f"s{i}" for i in range(len(sources))],
+        weights=[1.0] * len(sources),
+        lengths=[len(s) if s.is_map_style else None for s in sources],
+        seed=3,
+        batch_size=batch,
+        mixing="sample",
+        group=world,
+    )
+    for _ in range(micro):
+        plan.next_micro_batch()
+    if cursors is not None:
+        plan.cursors = cursors
+    decoder = SampleDecoder({"text": KeyProcessor()}, train=True)
+    stream = TrainStream(sources, plan, decoder, stop=stop, rank=rank, world=world)
+    return [
+        [(k, v.tolist()) for k, v in zip(b["__keys__"], b["text"]["value"], strict=True)]
+        for b in make_train_loader(stream, workers)
+    ]
+
+
+@pytest.mark.parametrize("map_style", [True, False])
+def test_workers_do_not_change_the_stream(map_style: bool) -> None:
+    source = Listed(10) if map_style else Streamed(10)
+    alone = collect([source], stop=6, batch=4)
+    assert collect([source], stop=6, batch=4, workers=2) == alone
+    keys = [k for batch in alone for k, _ in batch]
+    assert sorted(keys[:10]) == sorted(f"s{i}" for i in range(10))  # one epoch, each once
+
+
+def test_two_ranks_split_the_single_process_stream() -> None:
+    single = collect([Listed(40)], stop=3, batch=8)
+    rank0 = collect([Listed(40)], stop=3, batch=4, rank=0, world=2)
+    rank1 = collect([Listed(40)], stop=3, batch=4, rank=1, world=2)
+    for step in range(3):  # same samples and augmentations, split by rank
+        assert rank0[step] + rank1[step] == single[step]
+
+
+def test_streaming_resume_after_an_epoch_wrap() -> None:
+    source = Streamed(4)
+    whole = collect([source], stop=4, batch=3)
+    plan = StreamPlan(names=["s0"], weights=[1.0], lengths=[None], seed=3, batch_size=3)
+    for _ in range(2):
+        plan.next_micro_batch()
+    resumed = collect([source], stop=4, batch=3, micro=2, cursors=plan.cursors)
+    assert resumed == whole[2:]
+
+
+def test_corrupt_samples_are_skipped_and_counted() -> None:
+    plan = StreamPlan(names=["s"], weights=[1.0], lengths=[6], seed=0, batch_size=6)
+    decoder = SampleDecoder({"text": KeyProcessor()}, train=True)
+    batch = next(iter(TrainStream([Listed(6, bad=(1, 4))], plan, decoder, stop=1)))
+    assert len(batch["__keys__"]) == 4
+    assert sorted(batch["__skipped__"]) == [("s1", "bad value"), ("s4", "bad value")]
+    strict = SampleDecoder({"text": KeyProcessor()}, train=True, on_error="raise")
+    with pytest.raises(MediaDecodeError, match="cannot decode sample 's1': bad value"):
+        next(iter(TrainStream([Listed(6, bad=(1,))], plan.copy(), strict, stop=1)))
+
+
+def test_all_corrupt_batch_stops_with_a_message() -> None:
+    plan = StreamPlan(names=["s"], weights=[1.0], lengths=[2], seed=0, batch_size=2)
+    decoder = SampleDecoder({"text": KeyProcessor()}, train=True)
+    with pytest.raises(DataError, match="every sample of micro-batch 0 failed to decode"):
+        next(iter(TrainStream([Listed(2, bad=(0, 1))], plan, decoder, stop=1)))
+
+
+def test_batch_mixing_takes_one_source_per_step() -> None:
+    plan = StreamPlan(
+        names=["a", "b"],
+        weights=[1.0, 1.0],
+        lengths=[5, 5],
+        seed=1,
+        batch_size=4,
+        mixing="batch",
+        group=2,
+    )
+    for _ in range(10):
+        first, second = plan.next_micro_batch(), plan.next_micro_batch()
+        assert len({s for s, _ in first + second}) == 1

@@ -1,0 +1,58 @@
+"""`pack_manifest` writes shards the webdataset source reads back; `inspect_url` shows them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modaloom.core.errors import DataError
+from modaloom.core.interfaces import DataContext
+from modaloom.modalities.image import ImageSpec, make_image_processor
+from modaloom.plugins.data_tools import inspect_url, pack_manifest
+from modaloom.plugins.manifest import JsonlSource, JsonlSpec
+from modaloom.plugins.webdataset_source import WebDatasetSource, WebDatasetSpec
+
+
+def test_pack_then_read_back_every_sample(shapes_manifest: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    shards = pack_manifest(shapes_manifest, tmp_path / "out", shard_size=40, progress=True)
+    assert [p.name for p in shards] == [f"shard-{i:06d}.tar" for i in range(3)]
+    assert "pack" in capsys.readouterr().err  # the tqdm bar
+    fields = {"image": "image", "text": "json.text", "id": "json.id"}
+    packed = WebDatasetSource(WebDatasetSpec(urls=[str(p) for p in shards], fields=fields))
+    read = [dict(sample) for sample in packed.iter_raw()]
+    original = JsonlSource(JsonlSpec(path=str(shapes_manifest)))
+    assert len(read) == len(original) == 96
+    for index, sample in enumerate(read):
+        expected = original[index]
+        assert sample["__key__"] == f"{index:09d}" and sample["id"] == expected["__key__"]
+        assert sample["text"] == expected["text"]
+        assert sample["image"] == Path(expected["image"]).read_bytes()
+
+
+def test_pack_reports_an_unreadable_media_file(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "s1", "image": "gone.png", "text": "t"}) + "\n")
+    with pytest.raises(DataError) as info:
+        pack_manifest(manifest, tmp_path / "out", shard_size=10, progress=False)
+    missing = (tmp_path / "gone.png").resolve()
+    assert (
+        str(info.value)
+        == f"cannot read image of sample 's1': No such file or directory ({missing})"
+    )
+
+
+def test_inspect_shows_members_and_decoded_shapes(shapes_manifest: Path, tmp_path: Path) -> None:
+    pack_manifest(shapes_manifest, tmp_path, shard_size=50, progress=False)
+    url = str(tmp_path / "shard-{000000..000001}.tar")
+    plain = inspect_url(url, limit=2)
+    assert [s["__key__"] for s in plain] == ["000000000", "000000001"]
+    assert set(plain[0]["members"]) == {"image", "json"} and plain[0]["members"]["image"] > 0
+    assert plain[0]["json"]["id"] == "train.jsonl:1"
+    processors = {"image": make_image_processor(ImageSpec(size=16), DataContext())}
+    decoded = inspect_url(url, limit=1, fields={"image": "image"}, processors=processors)
+    assert decoded[0]["shapes"] == {"image": {"pixel_values": [3, 16, 16]}}
+    assert decoded[0]["errors"] == {}
+    with pytest.raises(DataError, match="cannot open webdataset shard"):
+        inspect_url(str(tmp_path / "nothing.tar"))
