@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modaloom.core.cli import main
-from modaloom.core.plugins import BUILTIN_PLUGINS
+from modaloom.core.plugins import BUILTIN_PLUGINS, default_registry
 
 
 def test_validate_misspelled_objective_exits_non_zero(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -17,7 +17,9 @@ def test_validate_misspelled_objective_exits_non_zero(capsys, tmp_path) -> None:
     assert main(["validate", str(spec)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "model.objectives.0.type: unknown objective 'itcc'. Did you mean 'itc'?" in captured.err
+    names = ", ".join(default_registry().names("objective"))
+    assert (f"  model.objectives.0.type: unknown objective 'itcc'. Did you mean 'itc', 'itm'? "
+            f"Available: {names}.\n") in captured.err
     assert "Traceback" not in captured.err
 
 

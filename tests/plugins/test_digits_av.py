@@ -156,5 +156,5 @@ def test_sources_serve_clips_and_prompted_labels(built: DigitsAvInfo) -> None:
 
 
 def test_registered_as_a_source() -> None:
-    registry = load_plugins(entry_points=False, extra=["modaloom.plugins.digits_av"])
+    registry = load_plugins(entry_points=False)
     assert registry.get("source", "digits_av").config is DigitsAvSpec

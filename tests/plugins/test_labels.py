@@ -163,6 +163,6 @@ def test_spec_and_folder_errors(tmp_path: Path) -> None:
 
 
 def test_registered_as_a_source() -> None:
-    registry = load_plugins(entry_points=False, extra=["modaloom.plugins.labels"])
+    registry = load_plugins(entry_points=False)
     component = registry.get("source", "labels")
     assert component.config is LabelsSpec and component.factory is make_labels_source

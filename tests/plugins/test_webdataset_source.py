@@ -196,7 +196,7 @@ def test_skipped_samples_reach_metrics_jsonl(shapes_manifest: Path, tmp_path: Pa
         "urls": [str(corrupt), *map(str, good)],
         "fields": {"image": "image", "text": "json.text"},
     }
-    registry = load_plugins(entry_points=False, extra=["modaloom.plugins.webdataset_source"])
+    registry = load_plugins(entry_points=False)
     overrides = [
         f"data.sources.train={json.dumps(spec_source)}",
         "train.steps=4",
