@@ -127,18 +127,24 @@ class LoomModel(nn.Module):
         return output
 
     def forward(self, batch: Batch) -> LoomOutput:
-        """Compute every objective on one batch, encoding each component once."""
+        """Compute the objectives on one batch, encoding each component once.
+
+        ``batch["__objectives__"]`` (names), when present, limits which objectives run (a source
+        can declare the objectives its batches train, e.g. QA data only the QA objective).
+        """
         features = FeatureCache(self, batch)
+        active = batch.get("__objectives__")
         total: Tensor | None = None
         terms: dict[str, Tensor] = {}
         for name, weight, objective in zip(
             self.objective_names, self.objective_weights, self.objectives, strict=True
         ):
+            if active is not None and name not in active:
+                continue
             for term, value in objective(features).items():
-                if not term.endswith("_loss"):
-                    terms[f"{name}/{term}"] = value.detach()
-                    continue
                 terms[f"{name}/{term}"] = value.detach()
+                if not term.endswith("_loss"):
+                    continue
                 weighted = weight * value
                 total = weighted if total is None else total + weighted
         if total is None:
@@ -217,11 +223,10 @@ def build_model(
         ctx.components[name] = _build_component(name, spec, ctx)
         inputs[name] = _default_inputs(registry, spec)
     objectives: list[tuple[str, float, Objective]] = []
-    for index, spec in enumerate(model_spec.objectives):
+    for spec in model_spec.objectives:
         entry = registry.get("objective", spec.type)
         assert entry.factory is not None
-        base = spec.name or spec.type
-        name = base if base not in [n for n, _, _ in objectives] else f"{base}_{index}"
+        name = spec.name or spec.type  # unique: the spec validator checks it
         objectives.append((name, spec.weight, entry.factory(spec, ctx)))
     return LoomModel(ctx.components, inputs, objectives)
 

@@ -237,15 +237,15 @@ class TrainStream(IterableDataset):
                     if not self.sources[source].is_map_style:
                         self._next_streamed(source)
                 continue
-            raws = [
-                (self._raw(s, p), random.Random(f"aug:{plan.seed}:{s}:{p}"))
-                for s, p in slots
-            ]
+            raws = [(self._raw(s, p), random.Random(f"aug:{plan.seed}:{s}:{p}")) for s, p in slots]
             decoded, skipped = self.decoder.decode_many(raws)
             if not decoded:
                 reasons = "; ".join(f"{k}: {r}" for k, r in skipped[:3])
                 raise DataError(f"every sample of micro-batch {micro} failed to decode ({reasons})")
-            yield self.decoder.collate(decoded, skipped)
+            batch = self.decoder.collate(decoded, skipped)
+            if len({s for s, _ in slots}) == 1:
+                batch["__source__"] = plan.names[slots[0][0]]
+            yield batch
 
 
 def make_train_loader(stream: TrainStream, num_workers: int, seed: int = 0) -> DataLoader:

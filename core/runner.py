@@ -235,6 +235,9 @@ class TrainingSession:
         """Forward and backward of one micro-batch; the optimizer steps on the last one."""
         acc, train = self.accelerator, self.spec.train
         batch = send_to_device(batch, acc.device)
+        source = self.spec.data.sources.get(batch.get("__source__", ""))
+        if source is not None and source.objectives is not None:
+            batch["__objectives__"] = source.objectives
         with acc.accumulate(self.model):
             with acc.autocast():
                 output = self.model(batch)

@@ -117,6 +117,20 @@ class ExperimentSpecBase(Spec):
                         f"train.stages.{index}.sources names {source!r}, which is not in "
                         f"data.sources; use one of {sorted(data.sources)}"
                     )
+        objective_names = [o.name or o.type for o in model.objectives]
+        for index, name in enumerate(objective_names):
+            if name in objective_names[:index]:
+                problems.append(
+                    f"model.objectives.{index} is the second objective named {name!r}; "
+                    "give it a distinct `name:`"
+                )
+        for name, source in data.sources.items():
+            for objective in source.objectives or []:
+                if objective not in objective_names:
+                    problems.append(
+                        f"data.sources.{name}.objectives names {objective!r}, which is not an "
+                        f"objective; use one of {objective_names}"
+                    )
         for index, evaluator in enumerate(self.eval):  # type: ignore[attr-defined]
             if evaluator.source not in data.eval_sources and evaluator.source not in data.sources:
                 problems.append(
@@ -240,7 +254,7 @@ def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
             t.strip(" '\"")
             for t in str(ctx.get("expected_tags", "")).replace(" or ", ",").split(",")
         ]
-        close = difflib.get_close_matches(tag, expected, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(tag, sorted(expected), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return ".".join([*loc, "type"]), (
             f"unknown {kind} {tag!r}.{hint} Available: {', '.join(sorted(expected))}."

@@ -46,6 +46,9 @@ class SourceSpec(Spec):
     """Registered source name."""
     weight: float = Field(1.0, gt=0.0)
     """Relative sampling weight when several sources are mixed."""
+    objectives: list[str] | None = None
+    """Objectives (by name) trained on this source's batches; all when omitted. Needs
+    ``data.mixing: batch`` when several sources are mixed."""
 
 
 class EvaluatorSpec(Spec):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,6 @@ from tokenizers import (
     normalizers,
     pre_tokenizers,
     processors,
-    trainers,
 )
 from torch import Tensor
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
@@ -46,17 +46,38 @@ class TextSpec(Spec):
     """Lowercase before WordPiece (a trained tokenizer only)."""
 
 
+def wordpiece_vocabulary(texts: Any, vocab_size: int, lowercase: bool = True) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: special tokens, every character (alone and as a
+    ``##`` continuation), then the most frequent words (ties broken alphabetically).
+
+    The `tokenizers` WordPiece trainer breaks ties between merges in hash-map order, which
+    differs between processes, so two runs with the same seed would get different token ids;
+    this vocabulary depends only on the captions. Words that do not fit are split into
+    characters.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({char for word in counts for char in word})
+    base = [*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars)]
+    ranked = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    tokens = [*base, *ranked[: max(0, vocab_size - len(base))]]
+    return {token: index for index, token in enumerate(tokens)}
+
+
 def train_wordpiece(texts: Any, vocab_size: int, lowercase: bool = True) -> PreTrainedTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer on an iterable of strings.
+    """Build a BERT-style WordPiece tokenizer from an iterable of captions.
 
     The vocabulary holds [PAD]=0, [UNK], [CLS], [SEP], [MASK], [ENC] and [DEC] first.
     """
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocab = wordpiece_vocabulary(texts, vocab_size, lowercase)
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

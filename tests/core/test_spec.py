@@ -44,7 +44,7 @@ def test_misspelled_objective_gives_path_and_closest_name(registry: Registry) ->
         load_spec("clip-tiny", ["model.objectives.0.type=itx"], registry)
     assert (
         "model.objectives.0.type",
-        "unknown objective 'itx'. Did you mean 'itc'? Available: "
+        "unknown objective 'itx'. Did you mean 'itm', 'itc'? Available: "
         + ", ".join(registry.names("objective"))
         + ".",
     ) in info.value.problems

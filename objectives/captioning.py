@@ -1,0 +1,412 @@
+"""Captioning objectives: teacher-forced LM (OmniVL, SPEC §B5) and MGC (VALOR, SPEC §B6).
+
+Both run a ``bert_decoder`` component (`BertTextDecoder`) with cross-attention to a condition:
+the concatenated token sequences of one or more components, each mapped to the decoder's
+``condition_dim`` by a per-modality linear layer (`ConditionEncoder`). Also here, because every
+text-generating objective needs it: `TextTokens`, the special token ids read from the data's
+text processor.
+
+``lm``: [DEC] replaces [CLS] as BOS; causal self-attention; ``logits[:, t]`` predicts token
+``t + 1``; padding, the BOS and the optional ``prompt`` are ignored (-100); label smoothing 0.1
+as in BLIP. The prompt ("a picture of") is inserted by the objective after [DEC], so the data
+stays prompt-free; evaluators read ``prompt_ids`` to decode with the same prefix.
+
+``mgc``: per group, 60% of the caption tokens (never [CLS]/[PAD], [SEP] included, at least one
+per caption) become [MASK]; causal self-attention; the LM head predicts the originals at the
+masked positions only (``P(T_m | T_<m, F_x)``: a masked position sees itself as [MASK]). A group
+drops the samples lacking one of its modalities, is left out when no sample has them all, and the
+loss is the mean over the groups present. Masks are drawn independently per group [I].
+
+QA variant (``qa: true``, VALOR): ``batch["text"]`` holds question and answer, e.g. the
+tokenizer's pair encoding ``[CLS] question [SEP] answer [SEP]``, and ``batch[qa_field]`` is
+``{"answer_start": (B,) long}``, the index of the first answer token. Only answer tokens (the
+final [SEP] included) are masked, with probability ``mask_prob`` and at least one; attention
+is bidirectional over the question prefix and causal over the answer (``mode="prefix"``).
+The data layer does not produce ``answer_start`` yet; a QA source must add it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.errors import SpecError
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Objective
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.modalities.audio_encoder import TINY_AST
+from modaloom.modalities.image import TINY_VIT
+from modaloom.modalities.text import TINY_BERT, TextProcessor
+from modaloom.modalities.text_decoder import BertTextDecoder
+from modaloom.objectives.functional import (
+    label_smoothed_lm_loss,
+    mask_tokens_for_mlm,
+    zero_loss_like,
+)
+
+Group = tuple[str, str | list[str]]
+"""A modality group: ``(text component, other component or list of components)``."""
+
+
+def default_groups() -> list[Group]:
+    """The default single group: text with vision."""
+    return [("text", "vision")]
+
+
+class TextTokens(NamedTuple):
+    """Special token ids and vocabulary size of the text tokenizer."""
+
+    pad: int
+    cls: int
+    sep: int
+    mask: int
+    enc: int
+    dec: int
+    vocab_size: int
+
+    @property
+    def special(self) -> tuple[int, ...]:
+        """Ids that are never masked for prediction ([SEP] may be re-allowed)."""
+        return (self.pad, self.cls, self.sep, self.mask, self.enc, self.dec)
+
+
+def text_tokens(ctx: BuildContext, where: str) -> TextTokens:
+    """Read `TextTokens` from the data's text processor.
+
+    Raises:
+        SpecError: there is no text processor (``data.text``) to read them from.
+    """
+    processor = ctx.processors.get("text")
+    if not isinstance(processor, TextProcessor):
+        raise SpecError([(where, "needs the text tokenizer (data.text) for its special tokens")])
+    cls, sep, mask, enc, dec = (
+        processor.token_id(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[ENC]", "[DEC]")
+    )
+    return TextTokens(processor.pad_id, cls, sep, mask, enc, dec, processor.vocab_size)
+
+
+def group_members(group: Group) -> list[str]:
+    """The non-text components of a group, as a list."""
+    other = group[1]
+    return [other] if isinstance(other, str) else list(other)
+
+
+def group_name(group: Group) -> str:
+    """A metric-friendly name such as ``text-vision+audio``."""
+    return f"{group[0]}-{'+'.join(group_members(group))}"
+
+
+def check_decoder(ctx: BuildContext, name: str, where: str) -> BertTextDecoder:
+    """The decoder component ``name``, which must be a `BertTextDecoder` (``bert_decoder``)."""
+    decoder = ctx.component(name)
+    if not isinstance(decoder, BertTextDecoder):
+        raise SpecError([(where, f"component {name!r} is not a bert_decoder")])
+    return decoder
+
+
+def decoder_of(features: FeatureCache, name: str) -> BertTextDecoder:
+    """The decoder component ``name`` of this model (checked when the objective was built)."""
+    return cast(BertTextDecoder, features.components[name])
+
+
+class ConditionEncoder(nn.Module):
+    """Concatenates components' token sequences, each mapped to the decoder's condition width.
+
+    Args:
+        dims: D of each component, by name.
+        width: the decoder's ``condition_dim``.
+        always_project: add a linear map even where D already equals ``width`` (VALOR);
+            otherwise such components pass through unchanged (OmniVL's visual tokens).
+    """
+
+    def __init__(self, dims: dict[str, int], width: int, always_project: bool) -> None:
+        super().__init__()
+        identity = not always_project
+        self.adapters = nn.ModuleDict(
+            {
+                n: nn.Identity() if identity and d == width else nn.Linear(d, width)
+                for n, d in dims.items()
+            }
+        )
+
+    def forward(
+        self, features: FeatureCache, names: Sequence[str], rows: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Condition tokens of the selected samples.
+
+        Args:
+            features: the batch's feature cache.
+            names: components to concatenate, in order.
+            rows: (b,) indices of the samples to keep.
+
+        Returns:
+            ``(condition (b, N, C), mask (b, N) long)``; N sums the components' lengths.
+        """
+        parts, masks = [], []
+        for name in names:
+            output = features[name]
+            sequence = output.sequence[rows]
+            parts.append(self.adapters[name](sequence))
+            mask = output.mask[rows] if output.mask is not None else None
+            masks.append(mask if mask is not None else sequence.new_ones(sequence.shape[:2]))
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1).long()
+
+
+def present_rows(features: FeatureCache, names: Sequence[str]) -> Tensor:
+    """(b,) indices of the samples carrying every component of ``names``.
+
+    Empty when the batch lacks one of their fields altogether (e.g. audio in an image batch).
+    """
+    keep: Tensor | None = None
+    for name in names:
+        try:
+            present = features.present(name)
+        except KeyError:
+            return torch.zeros(0, dtype=torch.long)
+        keep = present if keep is None else keep & present
+    assert keep is not None
+    return keep.nonzero()[:, 0]
+
+
+# ------------------------------------------------------------------------------ LM (B5)
+
+
+class LMSpec(ObjectiveSpec):
+    """Teacher-forced captioning loss with [DEC] as BOS (OmniVL/BLIP, SPEC §B5)."""
+
+    type: Literal["lm"] = "lm"
+    decoder: str = "gen"
+    """The generation decoder component (a ``bert_decoder``)."""
+    condition: str | list[str] = "vision"
+    """Component(s) whose token sequences the decoder cross-attends to (concatenated)."""
+    prompt: str | None = None
+    """Text inserted after [DEC] and excluded from the loss (BLIP captioning: "a picture of")."""
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    """Label-smoothing epsilon (BLIP: 0.1)."""
+
+
+class LanguageModeling(Objective):
+    """OmniVL's LM loss. Returns ``{"lm_loss"}``.
+
+    Args:
+        config: the spec.
+        condition: maps the condition components to the decoder's width.
+        tokens: special ids ([DEC]).
+        prompt_ids: (P,) token ids of the prompt (no special tokens), possibly empty.
+    """
+
+    prompt_ids: Tensor
+
+    def __init__(
+        self,
+        config: LMSpec,
+        condition: ConditionEncoder,
+        tokens: TextTokens,
+        prompt_ids: Tensor,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.condition = condition
+        self.tokens = tokens
+        self.names = [config.condition] if isinstance(config.condition, str) else config.condition
+        self.register_buffer("prompt_ids", prompt_ids.long(), persistent=False)
+
+    def forward(self, features: FeatureCache) -> dict[str, Tensor]:
+        cfg = self.config
+        decoder = decoder_of(features, cfg.decoder)
+        text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
+        rows = present_rows(features, [cfg.decoder, *self.names])
+        if rows.numel() == 0:
+            return {"lm_loss": zero_loss_like(*self.parameters(), *decoder.parameters())}
+        ids, mask = text["input_ids"][rows].clone(), text["attention_mask"][rows]
+        ids[:, 0] = self.tokens.dec
+        skip = 1 + self.prompt_ids.numel()
+        if self.prompt_ids.numel():
+            prompt = self.prompt_ids.to(ids.device).expand(ids.shape[0], -1)
+            ids = torch.cat([ids[:, :1], prompt, ids[:, 1:]], dim=1)
+            mask = torch.cat([mask[:, :1], torch.ones_like(prompt), mask[:, 1:]], dim=1)
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :skip] = -100
+        condition, condition_mask = self.condition(features, self.names, rows)
+        logits = decoder(ids, mask, condition, condition_mask, mode="causal").logits
+        loss = label_smoothed_lm_loss(logits[:, :-1], labels[:, 1:], cfg.label_smoothing)
+        return {"lm_loss": loss}
+
+
+def _condition_dims(ctx: BuildContext, names: Sequence[str]) -> dict[str, int]:
+    return {name: ctx.output_dim(name) for name in dict.fromkeys(names)}
+
+
+def make_lm(config: LMSpec, ctx: BuildContext) -> LanguageModeling:
+    """Registry factory of ``lm``."""
+    where = "model.objectives.lm"
+    decoder = check_decoder(ctx, config.decoder, where)
+    names = [config.condition] if isinstance(config.condition, str) else config.condition
+    condition = ConditionEncoder(_condition_dims(ctx, names), decoder.condition_dim, False)
+    tokens = text_tokens(ctx, where)
+    prompt_ids = torch.zeros(0, dtype=torch.long)
+    if config.prompt:
+        processor = ctx.processors["text"]
+        assert isinstance(processor, TextProcessor)
+        encoded = processor.tokenizer(config.prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = torch.tensor(encoded, dtype=torch.long)
+    return LanguageModeling(config, condition, tokens, prompt_ids)
+
+
+# ------------------------------------------------------------------------------ MGC (B6)
+
+
+class MGCSpec(ObjectiveSpec):
+    """VALOR's masked generation over modality groups (SPEC §B6)."""
+
+    type: Literal["mgc"] = "mgc"
+    decoder: str = "decoder"
+    """The multimodal decoder component (a ``bert_decoder``)."""
+    groups: list[Group] = Field(default_factory=default_groups, min_length=1)
+    """Modality groups, e.g. ``[[text, vision], [text, audio], [text, [vision, audio]]]``; the
+    first element is the text component (its field carries the caption)."""
+    mask_prob: float = Field(0.6, gt=0.0, le=1.0)
+    """Probability of masking each caption token (VALOR: 0.6)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Label-smoothing epsilon of the masked-token loss."""
+    qa: bool = False
+    """QA variant: mask only the answer span, prefix-bidirectional attention."""
+    qa_field: str = "qa"
+    """Batch key of ``{"answer_start": (B,) long}`` for the QA variant."""
+
+    @model_validator(mode="after")
+    def _distinct_groups(self) -> MGCSpec:
+        names = [group_name(g) for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"groups must be distinct, got {names}")
+        return self
+
+
+class MGC(Objective):
+    """VALOR's MGC. Returns ``{"mgc_loss"}`` plus each present group's loss as a metric.
+
+    Args:
+        config: the spec.
+        condition: per-modality linear maps to the decoder width.
+        tokens: special ids ([MASK], [SEP], ...).
+    """
+
+    def __init__(self, config: MGCSpec, condition: ConditionEncoder, tokens: TextTokens) -> None:
+        super().__init__()
+        self.config = config
+        self.condition = condition
+        self.tokens = tokens
+
+    def answer_start(self, features: FeatureCache, rows: Tensor) -> Tensor:
+        """(b,) first answer position of the selected samples (QA variant)."""
+        qa = features.batch.get(self.config.qa_field)
+        if qa is None or "answer_start" not in qa:
+            raise KeyError(
+                f"mgc with qa: true reads batch[{self.config.qa_field!r}]['answer_start'] (B,); "
+                "the batch has none"
+            )
+        return torch.as_tensor(qa["answer_start"]).to(rows.device)[rows]
+
+    def group_loss(self, features: FeatureCache, group: Group, rows: Tensor) -> Tensor | None:
+        """The masked-token loss of one group on its samples; ``None`` if nothing is masked."""
+        cfg, tokens = self.config, self.tokens
+        decoder = decoder_of(features, cfg.decoder)
+        text = features.batch[features.model.input_field(group[0], features.batch)]
+        ids, mask = text["input_ids"][rows], text["attention_mask"][rows]
+        maskable, prefix = mask, None
+        if cfg.qa:
+            prefix = self.answer_start(features, rows)
+            positions = torch.arange(ids.shape[1], device=ids.device)
+            maskable = mask * (positions[None, :] >= prefix[:, None])
+        masked, labels = mask_tokens_for_mlm(
+            ids,
+            maskable,
+            tokens.mask,
+            tokens.vocab_size,
+            cfg.mask_prob,
+            tokens.special,
+            maskable_special_ids=(tokens.sep,),
+        )
+        chosen = labels != -100
+        if not bool(chosen.any()):
+            return None
+        condition, condition_mask = self.condition(features, group_members(group), rows)
+        mode: Literal["prefix", "causal"] = "prefix" if cfg.qa else "causal"
+        hidden = decoder.hidden_states(masked, mask, condition, condition_mask, mode, prefix)
+        logits = decoder.lm_logits(hidden[chosen])
+        return F.cross_entropy(logits, labels[chosen], label_smoothing=cfg.label_smoothing)
+
+    def forward(self, features: FeatureCache) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        losses = []
+        for group in self.config.groups:
+            rows = present_rows(features, [group[0], *group_members(group)])
+            if rows.numel() == 0:
+                continue
+            loss = self.group_loss(features, group, rows)
+            if loss is not None:
+                losses.append(loss)
+                out[group_name(group)] = loss.detach()
+        if losses:
+            out["mgc_loss"] = torch.stack(losses).mean()
+        else:
+            out["mgc_loss"] = zero_loss_like(*self.parameters())
+        return out
+
+
+def make_mgc(config: MGCSpec, ctx: BuildContext) -> MGC:
+    """Registry factory of ``mgc``."""
+    where = "model.objectives.mgc"
+    decoder = check_decoder(ctx, config.decoder, where)
+    for group in config.groups:
+        ctx.component(group[0])
+    names = [name for group in config.groups for name in group_members(group)]
+    condition = ConditionEncoder(_condition_dims(ctx, names), decoder.condition_dim, True)
+    return MGC(config, condition, text_tokens(ctx, where))
+
+
+TINY_TEXT_DECODER: dict[str, Any] = {
+    "text": {"type": "bert", "config": TINY_BERT},
+    "decoder": {"type": "bert_decoder", "share_with": "text"},
+}
+TINY_AV: dict[str, Any] = {
+    "vision": {"type": "timesformer", "config": TINY_VIT, "num_frames": 2},
+    "audio": {"type": "ast", "config": TINY_AST},
+}
+TINY_GROUPS = [["text", "vision"], ["text", "audio"], ["text", ["vision", "audio"]]]
+
+
+@hookimpl
+def modaloom_register_objectives(registry: Registry) -> None:
+    """Register ``lm`` and ``mgc``."""
+    registry.add(
+        "objective",
+        "lm",
+        make_lm,
+        LMSpec,
+        description="teacher-forced captioning LM with [DEC] BOS and label smoothing (OmniVL)",
+        tiny={"decoder": "decoder", "prompt": "a picture of"},
+        requires={
+            "components": {"vision": {"type": "vit", "config": TINY_VIT}, **TINY_TEXT_DECODER},
+            "batch": ["image", "text"],
+        },
+    )
+    registry.add(
+        "objective",
+        "mgc",
+        make_mgc,
+        MGCSpec,
+        description="VALOR masked generation over modality groups (causal MLM, 60% masking)",
+        tiny={"groups": TINY_GROUPS},
+        requires={
+            "components": {**TINY_AV, **TINY_TEXT_DECODER},
+            "batch": ["video", "audio", "text"],
+        },
+    )

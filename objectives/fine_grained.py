@@ -1,0 +1,262 @@
+"""MGA: VALOR's fine-grained weighted token-frame contrast over modality groups (SPEC §B7).
+
+Per group ``(text, X)`` with X one component or several (T-AV):
+
+* ``e_t`` (B, N_t, C): the text component's token sequence, linearly projected to the common
+  width C and L2-normalised; padded tokens are masked (``EncoderOutput.mask``).
+* ``e_x`` (B, N_x, C): one vector per frame or clip of each component of X (see
+  `frame_features`), projected by that modality's linear layer and L2-normalised; for several
+  components the per-modality features are concatenated along N (``e_av = [e_v; e_a]``).
+* weight logits: one linear layer C -> 1 per modality applied to its ``e``; for several
+  components the logits are concatenated and share one softmax [I, as SPEC B7 suggests].
+* ``s(T, X)`` by `fine_grained_similarity` (``chunk_size`` bounds its memory), then the
+  symmetric InfoNCE of SPEC B1 over the B x B scores with a learnable temperature (init 0.07,
+  clamped like ITC's; VALOR gives none [I]).
+
+Samples lacking a modality of the group leave it; a group with fewer than two samples is
+skipped; ``mga_loss`` is the mean over the groups computed (each is also logged). Negatives are
+the local batch only (token-level features of different lengths are not gathered across ranks)
+[I].
+
+**One vector per frame / clip** (`frame_features`) from a component's `EncoderOutput`, with
+``T`` = the component's ``tokens_per_clip`` / ``tokens_per_frame`` attribute when it has one
+(AST: ``N / tokens_per_clip`` clips), else the time axis of its input (``pixel_values`` (B, T,
+3, H, W) frames, ``spectrogram`` (B, T, M, L) clips; 1 otherwise):
+
+1. ``T == 1``: the component's ``pooled`` feature (its own [CLS] or mean pooling);
+2. ``N == T``: ``sequence`` as is (``frame_mean`` gives one feature per frame);
+3. ``N % T == 0``: ``sequence`` cut into T equal chunks, each reduced by ``frame_pooling``
+   (``cls``: the chunk's first token, e.g. each CLIP frame's or AST clip's [CLS]; ``mean``);
+4. ``(N - 1) % T == 0``: a leading global token then T chunks (TimeSformer's [CLS] + frame-major
+   patches): each frame is the mean of its patch tokens (no per-frame [CLS] exists).
+
+Anything else is an error naming the shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import EncoderOutput, Objective
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.modalities.text import TINY_BERT
+from modaloom.objectives.captioning import (
+    TINY_AV,
+    TINY_GROUPS,
+    Group,
+    default_groups,
+    group_members,
+    group_name,
+    present_rows,
+)
+from modaloom.objectives.contrastive import ClampedTemperature
+from modaloom.objectives.functional import fine_grained_similarity, zero_loss_like
+
+__all__ = ["MGA", "MGASpec", "frame_features", "similarity_contrastive_loss"]
+
+FramePooling = Literal["cls", "mean"]
+
+
+class MGASpec(ObjectiveSpec):
+    """VALOR's fine-grained token-frame contrast over modality groups (SPEC §B7)."""
+
+    type: Literal["mga"] = "mga"
+    groups: list[Group] = Field(default_factory=default_groups, min_length=1)
+    """Modality groups, e.g. ``[[text, vision], [text, audio], [text, [vision, audio]]]``; the
+    first element is the text component."""
+    embed_dim: int = Field(256, gt=0)
+    """Common width C of the projected token and frame features."""
+    temperature: float = Field(0.07, gt=0.0)
+    """Initial temperature."""
+    learnable_temperature: bool = True
+    """Learn the temperature (clamped to ``temperature_range``)."""
+    temperature_range: tuple[float, float] = (0.001, 0.5)
+    """Clamp range of the temperature."""
+    chunk_size: int | None = Field(None, gt=0)
+    """Score at most ``chunk_size`` x ``chunk_size`` pairs at a time (bounds peak memory)."""
+    frame_pooling: FramePooling = "cls"
+    """How a chunk of tokens becomes one frame / clip vector (rule 3 of the module docstring)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> MGASpec:
+        low, high = self.temperature_range
+        if not 0 < low <= self.temperature <= high:
+            raise ValueError(
+                f"temperature {self.temperature} must lie in "
+                f"temperature_range {self.temperature_range}"
+            )
+        names = [group_name(g) for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"groups must be distinct, got {names}")
+        return self
+
+
+def _time_steps(component: nn.Module, inputs: dict[str, Tensor], tokens: int) -> int:
+    for attribute in ("tokens_per_clip", "tokens_per_frame"):
+        size = getattr(component, attribute, None)
+        if isinstance(size, int) and size > 0 and tokens % size == 0:
+            return tokens // size
+    pixels, spectrogram = inputs.get("pixel_values"), inputs.get("spectrogram")
+    if pixels is not None and pixels.ndim == 5:
+        return int(pixels.shape[1])
+    if spectrogram is not None and spectrogram.ndim == 4:
+        return int(spectrogram.shape[1])
+    return 1
+
+
+def frame_features(
+    output: EncoderOutput, component: nn.Module, inputs: dict[str, Tensor], pooling: FramePooling
+) -> tuple[Tensor, Tensor]:
+    """One feature per frame or clip (rules in the module docstring).
+
+    Args:
+        output: the component's output, sequence (B, N, D).
+        component: the component (read for ``tokens_per_clip`` / ``tokens_per_frame``).
+        inputs: the batch field it encoded (read for the time axis).
+        pooling: reduction of a chunk of tokens.
+
+    Returns:
+        ``(features (B, T, D), mask (B, T) bool)``.
+
+    Raises:
+        ValueError: N tokens cannot be split into T frames.
+    """
+    sequence, mask = output.sequence, output.mask
+    batch, tokens, dim = sequence.shape
+    frames = _time_steps(component, inputs, tokens)
+    valid = mask.bool() if mask is not None else sequence.new_ones(batch, tokens, dtype=torch.bool)
+    if frames == 1:
+        return output.pooled[:, None], valid.any(dim=1, keepdim=True)
+    if tokens == frames:
+        return sequence, valid
+    if tokens % frames == 0:
+        chunks = sequence.unflatten(1, (frames, -1))  # (B, T, S, D)
+        pooled = chunks[:, :, 0] if pooling == "cls" else chunks.mean(dim=2)
+        return pooled, valid.unflatten(1, (frames, -1)).any(dim=2)
+    if (tokens - 1) % frames == 0:
+        chunks = sequence[:, 1:].unflatten(1, (frames, -1))
+        return chunks.mean(dim=2), valid[:, 1:].unflatten(1, (frames, -1)).any(dim=2)
+    raise ValueError(
+        f"cannot split {tokens} tokens of dimension {dim} into {frames} frames or clips; give the "
+        "component a tokens_per_frame attribute"
+    )
+
+
+def similarity_contrastive_loss(similarity: Tensor, temperature: float | Tensor) -> Tensor:
+    """Symmetric InfoNCE (SPEC B1) over a precomputed (B, B) score matrix, pairs on the diagonal.
+
+    Equals `functional.contrastive_loss(a, b, tau)` when ``similarity = a @ b.T``; that function
+    takes features, and MGA's scores are not a dot product of two feature matrices.
+    """
+    logits = similarity / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class MGA(Objective):
+    """VALOR's MGA. Returns ``{"mga_loss", "temperature"}`` plus each computed group's loss.
+
+    Args:
+        config: the spec.
+        dims: D of every component used by the groups.
+    """
+
+    def __init__(self, config: MGASpec, dims: dict[str, int]) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = nn.ModuleDict({n: nn.Linear(d, config.embed_dim) for n, d in dims.items()})
+        self.weight = nn.ModuleDict({n: nn.Linear(config.embed_dim, 1) for n in dims})
+        low, high = config.temperature_range
+        self.temperature = ClampedTemperature(
+            config.temperature, low, high, config.learnable_temperature
+        )
+        self.text_names = {group[0] for group in config.groups}
+
+    def embed(self, features: FeatureCache, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected, normalised features (B, N, C), their mask (B, N) and weight logits (B, N).
+
+        Tokens for text components, one vector per frame / clip for the others.
+        """
+        output = features[name]
+        if name in self.text_names:
+            sequence = output.sequence
+            mask = output.mask.bool() if output.mask is not None else None
+            if mask is None:
+                mask = torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
+        else:
+            inputs = features.batch[features.model.input_field(name, features.batch)]
+            component = features.components[name]
+            sequence, mask = frame_features(output, component, inputs, self.config.frame_pooling)
+        embedded = F.normalize(self.proj[name](sequence), dim=-1)
+        return embedded, mask, self.weight[name](embedded).squeeze(-1)
+
+    def group_loss(
+        self,
+        cache: dict[str, tuple[Tensor, Tensor, Tensor]],
+        group: Group,
+        rows: Tensor,
+        temperature: Tensor,
+    ) -> Tensor:
+        """The contrastive loss of one group on the selected samples (b >= 2)."""
+        text, text_mask, text_logits = (x[rows] for x in cache[group[0]])
+        parts = [cache[name] for name in group_members(group)]
+        other, other_mask, other_logits = (
+            torch.cat([p[i][rows] for p in parts], 1) for i in range(3)
+        )
+        similarity = fine_grained_similarity(
+            text, text_mask, text_logits, other, other_mask, other_logits, self.config.chunk_size
+        )
+        return similarity_contrastive_loss(similarity, temperature)
+
+    def forward(self, features: FeatureCache) -> dict[str, Tensor]:
+        cache: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        temperature = self.temperature()  # once: it clamps in place
+        out: dict[str, Tensor] = {}
+        losses = []
+        for group in self.config.groups:
+            names = [group[0], *group_members(group)]
+            rows = present_rows(features, names)
+            if rows.numel() < 2:
+                continue
+            for name in names:
+                if name not in cache:
+                    cache[name] = self.embed(features, name)
+            loss = self.group_loss(cache, group, rows, temperature)
+            losses.append(loss)
+            out[group_name(group)] = loss.detach()
+        out["mga_loss"] = (
+            torch.stack(losses).mean() if losses else zero_loss_like(*self.parameters())
+        )
+        out["temperature"] = temperature.detach()
+        return out
+
+
+def make_mga(config: MGASpec, ctx: BuildContext) -> MGA:
+    """Registry factory of ``mga``."""
+    names = [name for group in config.groups for name in (group[0], *group_members(group))]
+    return MGA(config, {name: ctx.output_dim(name) for name in dict.fromkeys(names)})
+
+
+TINY_AV_TEXT: dict[str, Any] = {**TINY_AV, "text": {"type": "bert", "config": TINY_BERT}}
+
+
+@hookimpl
+def modaloom_register_objectives(registry: Registry) -> None:
+    """Register ``mga``."""
+    registry.add(
+        "objective",
+        "mga",
+        make_mga,
+        MGASpec,
+        description="VALOR fine-grained weighted token-frame contrast over modality groups",
+        tiny={"groups": TINY_GROUPS, "embed_dim": 16, "chunk_size": 2},
+        requires={"components": TINY_AV_TEXT, "batch": ["video", "audio", "text"]},
+    )

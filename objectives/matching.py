@@ -1,0 +1,204 @@
+"""ITM with contrastive hard negatives (OmniVL/BLIP, SPEC §B4).
+
+The alignment decoder (a ``bert_decoder`` component, e.g. ``align``) reads the text with [ENC]
+in place of [CLS], bidirectional self-attention and cross-attention to the visual component's
+token sequence; a linear head on the first token scores match / no match. Each step runs B
+positive pairs and up to 2B negatives: for every text one visual sample drawn with probability
+proportional to ``softmax(sim_t2v) + 1e-4``, and for every visual sample one text likewise, never
+from the same pair, the same label (``batch["labels"] >= 0``) or the same id (`ids`). Rows with
+no allowed negative (a batch of one class) get none (`itm_hard_negatives` returns -1 and they
+are dropped).
+
+Where the similarities come from (the papers use the in-batch ITC similarities):
+
+1. ``features.shared[SIMILARITY_KEY][(vision, text)]`` (or its transpose), published by
+   ``itc_queue``, ``univlc`` and ``cots_contrastive`` earlier in the same step;
+2. else any other objective of the model with an ``embed(features)`` method and ``config.a`` /
+   ``config.b`` naming the same two components (the in-batch ``itc``), re-run without gradient
+   on the cached pooled features and divided by its temperature;
+3. else uniform over the allowed negatives (logged as ``hard_negatives: 0``).
+
+Choices the papers leave open: negatives are drawn from the local batch only (OmniVL's
+``negative_all_rank`` gathers them from every rank) [I]; ITM runs on label data too (as OmniVL's
+code does) [I]; fewer than two usable pairs, or no negative at all, give a zero loss that keeps
+the graph (training on positives alone would only bias the head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Objective
+from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.objectives.captioning import TextTokens, check_decoder, decoder_of, text_tokens
+from modaloom.objectives.contrastive import ClampedTemperature
+from modaloom.objectives.functional import itm_hard_negatives, zero_loss_like
+from modaloom.objectives.queue_contrastive import SIMILARITY_KEY, TINY_IMAGE_TEXT
+
+__all__ = ["ITM", "ITMSpec"]
+
+
+class ITMSpec(ObjectiveSpec):
+    """Image/video-text matching with hard negatives (SPEC §B4)."""
+
+    type: Literal["itm"] = "itm"
+    vision: str = "vision"
+    """Visual component whose token sequence the decoder cross-attends to."""
+    text: str = "text"
+    """Text component (names the similarities to read; its field carries the text)."""
+    decoder: str = "align"
+    """The alignment decoder component (a ``bert_decoder``)."""
+    labels: str | None = "labels"
+    """Batch key of (B,) class labels: same-label pairs are never negatives (``null``: off)."""
+    ids: str | None = None
+    """Batch key of (B,) sample ids: same-id pairs are never negatives."""
+
+
+class ITM(Objective):
+    """ITM head and loss. Returns ``{"itm_loss", "itm_accuracy", "negatives", "hard_negatives"}``.
+
+    Args:
+        config: the spec.
+        width: D of the decoder.
+        tokens: special ids ([ENC]).
+    """
+
+    def __init__(self, config: ITMSpec, width: int, tokens: TextTokens) -> None:
+        super().__init__()
+        self.config = config
+        self.head = nn.Linear(width, 2)
+        self.tokens = tokens
+
+    def positives(self, features: FeatureCache, rows: Tensor) -> Tensor:
+        """(b, b) bool: same pair, same label or same id among the selected samples."""
+        eye = torch.eye(rows.numel(), dtype=torch.bool, device=rows.device)
+        positive = eye
+        for key in (self.config.labels, self.config.ids):
+            value = features.batch.get(key) if key is not None else None
+            if value is not None:
+                sub = torch.as_tensor(value).to(rows.device)[rows]
+                positive = positive | ((sub[:, None] == sub[None, :]) & (sub[:, None] >= 0))
+        return positive
+
+    @torch.no_grad()
+    def similarity(self, features: FeatureCache, rows: Tensor) -> Tensor | None:
+        """(b, b) text-to-visual logits of the selected samples, or ``None`` when unavailable."""
+        vision, text = self.config.vision, self.config.text
+        shared = features.shared.get(SIMILARITY_KEY, {})
+        if (vision, text) in shared:
+            v2t: Tensor = shared[(vision, text)]
+        elif (text, vision) in shared:
+            v2t = shared[(text, vision)].T
+        else:
+            found = self._from_embedding(features)
+            if found is None:
+                return None
+            v2t = found
+        return v2t[rows][:, rows].T
+
+    def _from_embedding(self, features: FeatureCache) -> Tensor | None:
+        """(B, B) visual-to-text logits from another objective's ``embed``, if one matches."""
+        wanted = (self.config.vision, self.config.text)
+        for objective in features.model.objectives:
+            config = getattr(objective, "config", None)
+            pair = (getattr(config, "a", None), getattr(config, "b", None))
+            if objective is self or not hasattr(objective, "embed"):
+                continue
+            if pair not in {wanted, wanted[::-1]}:
+                continue
+            embed = cast(Callable[[FeatureCache], tuple[Tensor, Tensor]], objective.embed)
+            za, zb = embed(features)
+            tau = getattr(objective, "temperature", None)  # read, never called: it clamps in place
+            temperature = tau.value.detach() if isinstance(tau, ClampedTemperature) else 1.0
+            logits = za @ zb.T / temperature
+            return logits if pair == wanted else logits.T
+        return None
+
+    def sample_pairs(self, features: FeatureCache, rows: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """Indices into the selected samples of the B positive and the negative pairs.
+
+        Returns:
+            ``(text_index, visual_index, hard)``: (B + n,) each, positives first; ``hard``
+            says whether contrastive similarities drove the sampling.
+        """
+        size = rows.numel()
+        sim_t2v = self.similarity(features, rows)
+        hard = sim_t2v is not None
+        if sim_t2v is None:
+            sim_t2v = torch.zeros(size, size, device=rows.device)
+        neg_visual, neg_text = itm_hard_negatives(
+            sim_t2v.float(), sim_t2v.T.float(), self.positives(features, rows)
+        )
+        with_visual, with_text = neg_visual >= 0, neg_text >= 0
+        arange = torch.arange(size, device=rows.device)
+        text_index = torch.cat([arange, arange[with_visual], neg_text[with_text]])
+        visual_index = torch.cat([arange, neg_visual[with_visual], arange[with_text]])
+        return text_index, visual_index, hard
+
+    def forward(self, features: FeatureCache) -> dict[str, Tensor]:
+        cfg = self.config
+        visual = features[cfg.vision]
+        new = visual.sequence.new_tensor
+        rows = (features.present(cfg.vision) & features.present(cfg.decoder)).nonzero()[:, 0]
+        text_index, visual_index, hard = (
+            self.sample_pairs(features, rows) if rows.numel() >= 2 else (rows, rows, False)
+        )
+        negatives = text_index.numel() - rows.numel()
+        metrics = {"negatives": new(float(negatives)), "hard_negatives": new(float(hard))}
+        if negatives == 0:  # fewer than two pairs, or a batch of one class
+            loss = zero_loss_like(visual.sequence, *self.head.parameters())
+            return {"itm_loss": loss, "itm_accuracy": new(0.0), **metrics}
+        text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
+        ids = text["input_ids"][rows].clone()
+        ids[:, 0] = self.tokens.enc
+        sequence = visual.sequence[rows][visual_index]
+        sequence_mask = visual.mask[rows][visual_index] if visual.mask is not None else None
+        hidden = decoder_of(features, cfg.decoder).hidden_states(
+            ids[text_index],
+            text["attention_mask"][rows][text_index],
+            sequence,
+            sequence_mask,
+            mode="bidirectional",
+        )
+        logits = self.head(hidden[:, 0])
+        targets = torch.zeros(text_index.numel(), dtype=torch.long, device=logits.device)
+        targets[: rows.numel()] = 1
+        loss = F.cross_entropy(logits, targets)
+        accuracy = (logits.argmax(dim=1) == targets).float().mean()
+        return {"itm_loss": loss, "itm_accuracy": accuracy.detach(), **metrics}
+
+
+def make_itm(config: ITMSpec, ctx: BuildContext) -> ITM:
+    """Registry factory of ``itm``."""
+    where = "model.objectives.itm"
+    decoder = check_decoder(ctx, config.decoder, where)
+    ctx.component(config.vision)
+    return ITM(config, decoder.output_dim, text_tokens(ctx, where))
+
+
+@hookimpl
+def modaloom_register_objectives(registry: Registry) -> None:
+    """Register ``itm``."""
+    registry.add(
+        "objective",
+        "itm",
+        make_itm,
+        ITMSpec,
+        description="image/video-text matching with contrastive hard negatives (OmniVL/BLIP)",
+        tiny={},
+        requires={
+            "components": {
+                **TINY_IMAGE_TEXT,
+                "align": {"type": "bert_decoder", "share_with": "text"},
+            },
+            "batch": ["image", "text", "labels"],
+        },
+    )

@@ -1,0 +1,176 @@
+"""VALOR's MGA (SPEC §B7): frame features, and the loss against a loop transcription."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.testing import assert_close
+
+from modaloom.core.compose import FeatureCache, LoomModel
+from modaloom.core.interfaces import Batch, Encoder, EncoderOutput
+from modaloom.objectives.fine_grained import (
+    MGA,
+    MGASpec,
+    frame_features,
+    similarity_contrastive_loss,
+)
+from modaloom.objectives.functional import contrastive_loss
+
+B, D = 4, 5
+
+
+class Toy(Encoder):
+    """A linear map of ``inputs["x"]`` (B, N, 3); ``mask`` passes through when given."""
+
+    def __init__(self, tokens_per_clip: int | None = None) -> None:
+        super().__init__()
+        self.output_dim = D
+        self.linear = nn.Linear(3, D)
+        if tokens_per_clip is not None:
+            self.tokens_per_clip = tokens_per_clip
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        sequence = self.linear(inputs["x"])
+        return EncoderOutput(sequence, sequence.mean(dim=1), inputs.get("mask"))
+
+
+def make(groups: list[Any], **fields: object) -> tuple[LoomModel, MGA]:
+    torch.manual_seed(0)
+    components = {"text": Toy(), "vision": Toy(), "audio": Toy(tokens_per_clip=2)}
+    config = MGASpec.model_validate({"groups": groups, "embed_dim": 6, **fields})
+    mga = MGA(config, {name: D for name in components})
+    inputs = {"text": ("text",), "vision": ("video",), "audio": ("audio",)}
+    return LoomModel(components, inputs, [("mga", 1.0, mga)]), mga
+
+
+def batch(seed: int = 0, audio_present: list[bool] | None = None) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    ones = torch.ones(B, dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
+    return {
+        "text": {"x": torch.randn(B, 4, 3, generator=g), "mask": mask, "present": ones},
+        # pixel_values only gives the time axis: 3 frames -> sequence (B, 3, D) is per frame
+        "video": {
+            "x": torch.randn(B, 3, 3, generator=g),
+            "pixel_values": torch.zeros(B, 3, 3, 2, 2),
+            "present": ones.clone(),
+        },
+        # 2 clips of 2 tokens; "cls" pooling takes tokens 0 and 2
+        "audio": {
+            "x": torch.randn(B, 4, 3, generator=g),
+            "present": torch.tensor(audio_present or [True] * B),
+        },
+    }
+
+
+def transcribed_loss(
+    mga: MGA, features: FeatureCache, text: str, others: list[str], rows: list[int]
+) -> Tensor:
+    """SPEC B7 with explicit loops over pairs, tokens and frames."""
+    t_out = features[text]
+    e_t = F.normalize(mga.proj[text](t_out.sequence), dim=-1)
+    l_t = mga.weight[text](e_t).squeeze(-1)
+    e_x_parts, l_x_parts = [], []
+    for name in others:
+        seq = features[name].sequence
+        frames = seq[:, ::2] if name == "audio" else seq
+        e = F.normalize(mga.proj[name](frames), dim=-1)
+        e_x_parts.append(e)
+        l_x_parts.append(mga.weight[name](e).squeeze(-1))
+    e_x, l_x = torch.cat(e_x_parts, 1), torch.cat(l_x_parts, 1)
+    scores = torch.zeros(len(rows), len(rows))
+    for a, i in enumerate(rows):
+        valid = t_out.mask[i].bool()
+        et, wt = e_t[i][valid], F.softmax(l_t[i][valid], dim=0)
+        for b, j in enumerate(rows):
+            ex, wx = e_x[j], F.softmax(l_x[j], dim=0)
+            dots = et @ ex.T
+            s_t = sum(wt[n] * dots[n].max() for n in range(len(et)))
+            s_x = sum(wx[m] * dots[:, m].max() for m in range(len(ex)))
+            scores[a, b] = 0.5 * s_t + 0.5 * s_x
+    logits = scores / mga.temperature.value
+    target = torch.arange(len(rows))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def test_mga_matches_loop_transcription_for_v_a_and_av_groups() -> None:
+    groups = [["text", "vision"], ["text", "audio"], ["text", ["vision", "audio"]]]
+    model, mga = make(groups)
+    features = FeatureCache(model, batch())
+    out = mga(features)
+    expected = [
+        transcribed_loss(mga, features, "text", ["vision"], [0, 1, 2, 3]),
+        transcribed_loss(mga, features, "text", ["audio"], [0, 1, 2, 3]),
+        transcribed_loss(mga, features, "text", ["vision", "audio"], [0, 1, 2, 3]),
+    ]
+    assert_close(out["text-vision"], expected[0].detach())
+    assert_close(out["text-audio"], expected[1].detach())
+    assert_close(out["text-vision+audio"], expected[2].detach())
+    assert_close(out["mga_loss"], torch.stack(expected).mean())
+
+
+def test_padded_tokens_do_not_change_the_loss_and_chunking_is_exact() -> None:
+    model, mga = make([["text", "vision"]])
+    data = batch()
+    reference = mga(FeatureCache(model, data))["mga_loss"]
+    data["text"]["x"][1, 2:] = 100.0  # padding of sample 1
+    assert_close(mga(FeatureCache(model, data))["mga_loss"], reference)
+    chunked, chunked_mga = make([["text", "vision"]], chunk_size=1)
+    assert_close(chunked_mga(FeatureCache(chunked, data))["mga_loss"], reference)
+
+
+def test_samples_without_audio_leave_the_audio_groups() -> None:
+    groups = [["text", "vision"], ["text", "audio"]]
+    model, mga = make(groups)
+    features = FeatureCache(model, batch(audio_present=[True, False, True, True]))
+    out = mga(features)
+    expected = transcribed_loss(mga, features, "text", ["audio"], [0, 2, 3])
+    assert_close(out["text-audio"], expected.detach())
+    single = FeatureCache(model, batch(audio_present=[False, False, True, False]))
+    out = mga(single)
+    assert "text-audio" not in out  # fewer than two samples: skipped
+    assert_close(out["mga_loss"], out["text-vision"])
+    del single.batch["audio"], single.batch["video"]  # no group at all
+    nothing = mga(FeatureCache(model, single.batch))["mga_loss"]
+    assert nothing.item() == 0.0 and nothing.requires_grad
+
+
+def test_similarity_loss_equals_contrastive_loss_on_dot_products() -> None:
+    a = F.normalize(torch.randn(5, 3, dtype=torch.float64), dim=-1)
+    b = F.normalize(torch.randn(5, 3, dtype=torch.float64), dim=-1)
+    assert_close(similarity_contrastive_loss(a @ b.T, 0.1), contrastive_loss(a, b, 0.1))
+
+
+def _output(sequence: Tensor) -> EncoderOutput:
+    return EncoderOutput(sequence, sequence.sum(dim=1), None)
+
+
+def test_frame_features_rules() -> None:
+    video = {"pixel_values": torch.zeros(2, 3, 3, 4, 4)}  # T = 3
+    plain = nn.Module()
+    per_frame = torch.randn(2, 3, D)
+    assert torch.equal(frame_features(_output(per_frame), plain, video, "cls")[0], per_frame)
+    timesformer = torch.randn(2, 1 + 3 * 4, D)  # [CLS] + frame-major patches
+    got, mask = frame_features(_output(timesformer), plain, video, "cls")
+    assert_close(got, timesformer[:, 1:].view(2, 3, 4, D).mean(dim=2))
+    assert mask.shape == (2, 3) and mask.all()
+    clip = torch.randn(2, 3 * 5, D)  # each frame: [CLS] + 4 patches
+    assert_close(frame_features(_output(clip), plain, video, "cls")[0], clip[:, ::5])
+    assert_close(
+        frame_features(_output(clip), plain, video, "mean")[0], clip.view(2, 3, 5, D).mean(2)
+    )
+    ast = nn.Module()
+    ast.tokens_per_clip = 4  # type: ignore[assignment]
+    audio = torch.randn(2, 8, D)
+    assert_close(frame_features(_output(audio), ast, {}, "cls")[0], audio[:, ::4])
+    image = torch.randn(2, 17, D)
+    assert_close(
+        frame_features(_output(image), plain, {"pixel_values": torch.zeros(2, 3, 4, 4)}, "cls")[0],
+        image.sum(dim=1)[:, None],
+    )
+    with pytest.raises(ValueError, match="cannot split 8 tokens"):
+        frame_features(_output(torch.randn(2, 8, D)), plain, video, "cls")
