@@ -66,6 +66,21 @@ class SampleDecoder:
     processors: Mapping[str, Processor]
     train: bool
     on_error: str = "skip"
+    cache_media: bool = False
+    """Decode each media field once, without random augmentation, and keep it in memory (per
+    worker); text is still processed every time. For small data sets such as digits-av."""
+    _cache: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def process(self, name: str, value: Any, key: str, rng: random.Random) -> dict[str, Any]:
+        """One field through its processor, or from the media cache."""
+        processor = self.processors[name]
+        if not self.cache_media or name == "text":
+            return processor.process(value, key=key, train=self.train, rng=rng)
+        fingerprint = hash(value) if isinstance(value, bytes | str) else id(value)
+        entry = (name, key, fingerprint)
+        if entry not in self._cache:
+            self._cache[entry] = processor.process(value, key=key, train=False, rng=rng)
+        return self._cache[entry]
 
     def decode(self, raw: RawSample, rng: random.Random) -> dict[str, Any]:
         """All modality fields of one sample (raises `MediaDecodeError`)."""
@@ -75,7 +90,7 @@ class SampleDecoder:
         for name, value in raw.items():
             if name in RESERVED_FIELDS or name not in self.processors:
                 continue
-            out[name] = self.processors[name].process(value, key=key, train=self.train, rng=rng)
+            out[name] = self.process(name, value, key, rng)
         if len(out) == 3:
             raise MediaDecodeError(key, f"no field any processor reads (fields: {sorted(raw)})")
         return out

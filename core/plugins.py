@@ -38,6 +38,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.plugins.presets",
     "modaloom.plugins.retrieval",
     "modaloom.plugins.zeroshot",
+    "modaloom.plugins.captioning",
+    "modaloom.plugins.qa",
 )
 
 REGISTER_HOOKS: tuple[str, ...] = (

@@ -124,6 +124,13 @@ class TrainingSession:
         if latest is None:
             log.info("no complete checkpoint in %s; starting from scratch", self.checkpoint_root)
             return
+        saved_world = json.loads((latest / ckpt.META_FILE).read_text()).get("world_size")
+        if saved_world is not None and saved_world != self.accelerator.num_processes:
+            raise CheckpointError(  # the data position and step count assume the same world
+                f"checkpoint {latest} was written by {saved_world} process(es) and this run has "
+                f"{self.accelerator.num_processes}; resume with {saved_world} processes "
+                "(data.batch_size is per process, so the global batch would change)"
+            )
         ckpt.load_weights(self.unwrapped, latest)
         state, rng = ckpt.load_state(latest, self.accelerator.process_index)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -198,7 +205,8 @@ class TrainingSession:
                 action()
         sources, plan = self.stage_plan(index, stage, done)
         tracker = plan.copy()
-        decoder = SampleDecoder(self.processors, train=True, on_error=self.spec.data.on_error)
+        data = self.spec.data
+        decoder = SampleDecoder(self.processors, True, data.on_error, data.cache_media)
         stream = TrainStream(
             sources,
             plan,

@@ -83,6 +83,7 @@ def build_spec_class(registry: Registry) -> type[Spec]:
         num_workers=(int, Field(0, ge=0)),
         on_error=(OnError, "skip"),
         mixing=(Mixing, "batch"),
+        cache_media=(bool, False),
         **_modality_fields(registry),
     )
     spec_class = create_model(

@@ -50,6 +50,17 @@ class ITCSpec(ObjectiveSpec):
         return self
 
 
+def projected_side(
+    projections: dict[str, nn.Module], components: tuple[str, ...], features: FeatureCache
+) -> dict[str, Tensor] | None:
+    """Retrieval side of a two-tower objective: the projected, L2-normalised pooled feature
+    ``{"embedding": (B, E)}`` of a single component that has a projection, else ``None``."""
+    if len(components) != 1 or components[0] not in projections:
+        return None
+    pooled = features[components[0]].pooled
+    return {"embedding": F.normalize(projections[components[0]](pooled), dim=-1)}
+
+
 class ClampedTemperature(nn.Module):
     """A temperature parameter clamped in place to ``[low, high]`` before each use (BLIP style)."""
 
@@ -92,10 +103,7 @@ class ITC(Objective):
     ) -> dict[str, Tensor] | None:
         """``{"embedding": (B, E)}`` for ``(a,)`` or ``(b,)``."""
         projections = {self.config.a: self.proj_a, self.config.b: self.proj_b}
-        if len(components) != 1 or components[0] not in projections:
-            return None
-        pooled = features[components[0]].pooled
-        return {"embedding": F.normalize(projections[components[0]](pooled), dim=-1)}
+        return projected_side(projections, components, features)
 
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config

@@ -198,6 +198,39 @@ class MGA(Objective):
         embedded = F.normalize(self.proj[name](sequence), dim=-1)
         return embedded, mask, self.weight[name](embedded).squeeze(-1)
 
+    def retrieval_side(
+        self, components: tuple[str, ...], features: FeatureCache
+    ) -> dict[str, Tensor] | None:
+        """Token (text) or frame/clip (other side) features with masks and weight logits; the
+        other side may join several components (``("vision", "audio")``) as a group does.
+
+        Returns:
+            ``{"tokens": (B, N, C), "mask": (B, N) float, "logits": (B, N), "is_text": (B,)}``.
+        """
+        if not components or any(name not in self.proj for name in components):
+            return None
+        is_text = components[0] in self.text_names
+        if is_text and len(components) > 1:
+            return None
+        parts = [self.embed(features, name) for name in components]
+        tokens, mask, logits = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
+        flag = torch.full((tokens.shape[0],), float(is_text), device=tokens.device)
+        return {"tokens": tokens, "mask": mask.float(), "logits": logits, "is_text": flag}
+
+    def retrieval_scores(self, query: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
+        """Fine-grained scores (Q, T), text on either side."""
+        if not bool(query["is_text"][0]):
+            return self.retrieval_scores(target, query).T
+        return fine_grained_similarity(
+            query["tokens"],
+            query["mask"] > 0.5,
+            query["logits"],
+            target["tokens"],
+            target["mask"] > 0.5,
+            target["logits"],
+            self.config.chunk_size,
+        )
+
     def group_loss(
         self,
         cache: dict[str, tuple[Tensor, Tensor, Tensor]],

@@ -46,7 +46,7 @@ from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
 from modaloom.modalities.image import TINY_VIT
 from modaloom.modalities.text import TINY_BERT
-from modaloom.objectives.contrastive import ClampedTemperature
+from modaloom.objectives.contrastive import ClampedTemperature, projected_side
 from modaloom.objectives.functional import (
     contrastive_loss_with_queue,
     remap_caption_labels,
@@ -188,6 +188,13 @@ class MomentumContrast(Objective):
             "a": features.components[self.config.a],
             "b": features.components[self.config.b],
         }
+
+    def retrieval_side(
+        self, components: tuple[str, ...], features: FeatureCache
+    ) -> dict[str, Tensor] | None:
+        """``{"embedding": (B, E)}`` of the online encoder for ``(a,)`` or ``(b,)``."""
+        projections = {self.config.a: self.proj_a, self.config.b: self.proj_b}
+        return projected_side(projections, components, features)
 
     def embed(self, features: FeatureCache) -> tuple[Tensor, Tensor]:
         """Online L2-normalised embeddings of both sides, (B, E) each."""

@@ -34,6 +34,8 @@ class ZeroShotSpec(EvaluatorSpec):
     """Objective whose embeddings are used; the first that embeds both sides."""
     name: str = "zeroshot"
     """Metric prefix."""
+    label_field: str = "label"
+    """The sample field holding the class index (``label``, or e.g. ``visual_digit``)."""
 
 
 def prompt_batch(ctx: EvalContext, texts: list[str]) -> Batch:
@@ -64,26 +66,25 @@ class ZeroShotEvaluator(Evaluator):
         mean = torch.stack([s["embedding"] for s in sides]).mean(dim=0)
         return {"embedding": torch.nn.functional.normalize(mean, dim=-1)}
 
+    def labels(self, batch: Batch) -> Tensor:
+        """(B,) class indices, -1 where a sample has none."""
+        field = self.config.label_field
+        values = [meta.get(field) for meta in batch["__meta__"]]
+        if all(value is None for value in values):
+            message = f"zero-shot source has no {field!r} field (sample {batch['__keys__'][0]!r})"
+            raise SpecError([("eval", f"{message}; set `label_field`")])
+        return torch.tensor([-1 if value is None else int(value) for value in values])
+
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
         objective = ctx.objective(cfg.objective, [(cfg.text,), tuple(cfg.media)])
         classes = self.class_embeddings(ctx, objective)
         correct = total = 0
         for batch in ctx.batches():
-            if "labels" not in batch:
-                raise SpecError(
-                    [
-                        (
-                            "eval",
-                            f"zero-shot source has no `label` field "
-                            f"(sample {batch['__keys__'][0]!r})",
-                        )
-                    ]
-                )
+            labels = self.labels(batch).to(ctx.device)
             side = objective.retrieval_side(tuple(cfg.media), ctx.features(batch))
             assert side is not None
             scores = objective.retrieval_scores(concat_sides([side]), classes)
-            labels = batch["labels"]
             valid = labels >= 0
             correct += int((scores.argmax(dim=1) == labels)[valid].sum())
             total += int(valid.sum())

@@ -99,7 +99,7 @@ def test_unknown_spec_name_suggests_presets(registry: Registry) -> None:
     with pytest.raises(SpecError) as info:
         load_spec("clip-tinny", registry=registry)
     assert info.value.problems[0][1].startswith(
-        "no such file and no preset of that name. Did you mean clip-tiny? Presets: "
+        "no such file and no preset of that name. Did you mean clip-tiny, cots-tiny, valor-tiny? "
     )
 
 
