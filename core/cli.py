@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pluggy
 
+from modaloom.core.demo import DEMO_PRESETS
 from modaloom.core.errors import ModaloomError
 from modaloom.core.plugins import default_registry
 from modaloom.core.spec import build_spec_class, load_spec
@@ -77,6 +78,14 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     for sample in inspect_url(args.url, limit=args.limit):
         print(json.dumps(sample, default=str))
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from modaloom.core.demo import run_demo
+
+    run_demo(args.preset, args.output, args.set, show_progress=not args.no_progress)
     return 0
 
 
@@ -169,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = data_sub.add_parser("inspect", help="print the first samples of shards")
     inspect.add_argument("url", help="a shard URL or brace pattern (any fsspec protocol)")
     inspect.add_argument("--limit", type=int, default=3, help="samples to print")
+    demo = sub.add_parser("demo", help="train and evaluate a tiny preset on the digits-av set")
+    demo.add_argument("--preset", default="valor-tiny", choices=DEMO_PRESETS)
+    demo.add_argument("--output", default="demo-output", help="directory for metrics and report")
+    demo.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value, e.g. --set train.steps=200",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     validate = sub.add_parser("validate", help="check a spec without running it")
     add_spec_arguments(validate)
     plugins = sub.add_parser("plugins", help="list registered components and their plugins")

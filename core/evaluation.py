@@ -13,6 +13,7 @@ import torch
 from accelerate.utils import send_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from modaloom.core.compose import FeatureCache, LoomModel
 from modaloom.core.data import EvalStream, SampleDecoder
@@ -108,13 +109,20 @@ def run_evaluators(
     sources: dict[str, Source],
     registry: Registry,
     device: torch.device | None = None,
+    instances: list[Evaluator] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Run every entry of ``spec.eval`` and merge their metrics."""
+    """Run every entry of ``spec.eval`` and merge their metrics.
+
+    Args:
+        instances: when given, the evaluators are appended to it (their examples feed reports).
+        progress: show a tqdm bar over the evaluators.
+    """
     metrics: dict[str, float] = {}
     model.eval()
     batch_size = spec.data.eval_batch_size or spec.data.batch_size
     with torch.no_grad():
-        for index, config in enumerate(spec.eval):
+        for index, config in enumerate(tqdm(spec.eval, desc="eval", disable=not progress)):
             factory = registry.get("evaluator", config.type).factory
             assert factory is not None
             if config.source not in sources:
@@ -127,7 +135,10 @@ def run_evaluators(
                 spec.data.num_workers,
                 device or torch.device("cpu"),
             )
-            metrics.update(factory(config).evaluate(ctx))
+            evaluator = factory(config)
+            metrics.update(evaluator.evaluate(ctx))
+            if instances is not None:
+                instances.append(evaluator)
     return metrics
 
 

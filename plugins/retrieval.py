@@ -80,14 +80,40 @@ def rank_metrics(prefix: str, ranks: Tensor) -> dict[str, float]:
 class RetrievalEvaluator(Evaluator):
     """Embeds every sample's query and target sides once, then ranks in chunks."""
 
-    def __init__(self, config: RetrievalSpec) -> None:
+    def __init__(self, config: RetrievalSpec, examples: int = 5) -> None:
         self.config = config
+        self.num_examples = examples
+        self.examples: list[dict[str, object]] = []
+        """After `evaluate`: the first queries with their top-ranked target (for reports)."""
+
+    def keep_examples(
+        self,
+        objective: Objective,
+        queries: dict[str, Tensor],
+        targets: dict[str, Tensor],
+        ids: Tensor,
+        texts: list[str],
+        keys: list[str],
+    ) -> None:
+        """Record the best target of the first few queries."""
+        count = min(self.num_examples, len(ids))
+        head = {key: value[:count] for key, value in queries.items()}
+        best = objective.retrieval_scores(head, targets).argmax(dim=1).tolist()
+        self.examples = [
+            {
+                "query": texts[i],
+                "retrieved": keys[j],
+                "retrieved_text": texts[j],
+                "correct": bool(ids[i] == ids[j]),
+            }
+            for i, j in enumerate(best)
+        ]
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
         query_side, target_side = tuple(cfg.query), tuple(cfg.target)
         objective = ctx.objective(cfg.objective, [query_side, target_side])
-        queries, targets, groups = [], [], []
+        queries, targets, groups, texts, keys = [], [], [], [], []
         for batch in ctx.batches():
             features = ctx.features(batch)
             query = objective.retrieval_side(query_side, features)
@@ -97,9 +123,14 @@ class RetrievalEvaluator(Evaluator):
             targets.append({k: v.cpu() for k, v in target.items()})
             for key, meta in zip(batch["__keys__"], batch["__meta__"], strict=True):
                 text = meta.get("text")
+                if isinstance(text, list | tuple):  # the eval processors use the first caption
+                    text = text[0] if text else None
                 groups.append(str(text) if cfg.match_by == "text" and text is not None else key)
+                texts.append(str(text))
+                keys.append(key)
         ids = group_ids(groups)
         gallery_q, gallery_t = concat_sides(queries), concat_sides(targets)
+        self.keep_examples(objective, gallery_q, gallery_t, ids, texts, keys)
         forward = cfg.name or f"{initials(cfg.query)}2{initials(cfg.target)}"
         backward = "2".join(reversed(forward.split("2", 1)))
         metrics = rank_metrics(
