@@ -70,7 +70,7 @@ def write_report(
         f"# modaloom demo: `{preset}` on digits-av",
         "",
         f"Trained for {metrics['train.seconds']:.0f} s; metrics on the test split "
-        "(clips whose scans were never seen in training).",
+        "(digit scans never seen in training).",
         "",
     ]
     if has_curve:
