@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -18,10 +19,10 @@ from modaloom.core.spec_models import ObjectiveSpec
 from modaloom.objectives.functional import contrastive_loss
 
 
-class ITCSpec(ObjectiveSpec):
-    """In-batch symmetric InfoNCE between two components' pooled features (SPEC.md §B1)."""
+class TwoTowerSpec(ObjectiveSpec):
+    """Fields of every contrastive objective between two components' projected pooled features
+    (not registered itself)."""
 
-    type: Literal["itc"] = "itc"
     a: str = "vision"
     """First component (its pooled feature is projected and L2-normalised)."""
     b: str = "text"
@@ -34,13 +35,9 @@ class ITCSpec(ObjectiveSpec):
     """Learn the temperature (clamped to ``temperature_range`` at every step)."""
     temperature_range: tuple[float, float] = (0.001, 0.5)
     """Clamp range of a learnable temperature (BLIP/OmniVL: 0.001..0.5)."""
-    gather: bool = True
-    """Use every rank's batch as negatives (gathered with gradient)."""
-    use_labels: bool = False
-    """Treat samples sharing ``batch["labels"]`` (>= 0) as extra positives."""
 
     @model_validator(mode="after")
-    def _range_holds_init(self) -> ITCSpec:
+    def _range_holds_init(self) -> TwoTowerSpec:
         low, high = self.temperature_range
         if not 0 < low <= self.temperature <= high:
             raise ValueError(
@@ -50,8 +47,18 @@ class ITCSpec(ObjectiveSpec):
         return self
 
 
+class ITCSpec(TwoTowerSpec):
+    """In-batch symmetric InfoNCE between two components' pooled features (SPEC.md §B1)."""
+
+    type: Literal["itc"] = "itc"
+    gather: bool = True
+    """Use every rank's batch as negatives (gathered with gradient)."""
+    use_labels: bool = False
+    """Treat samples sharing ``batch["labels"]`` (>= 0) as extra positives."""
+
+
 def projected_side(
-    projections: dict[str, nn.Module], components: tuple[str, ...], features: FeatureCache
+    projections: Mapping[str, nn.Module], components: tuple[str, ...], features: FeatureCache
 ) -> dict[str, Tensor] | None:
     """Retrieval side of a two-tower objective: the projected, L2-normalised pooled feature
     ``{"embedding": (B, E)}`` of a single component that has a projection, else ``None``."""

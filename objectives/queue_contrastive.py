@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from modaloom.core.compose import BuildContext, FeatureCache, _default_inputs
@@ -43,10 +43,9 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.momentum import FeatureQueue, MomentumCopy
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec
 from modaloom.modalities.image import TINY_VIT
 from modaloom.modalities.text import TINY_BERT
-from modaloom.objectives.contrastive import ClampedTemperature, projected_side
+from modaloom.objectives.contrastive import ClampedTemperature, TwoTowerSpec, projected_side
 from modaloom.objectives.functional import (
     contrastive_loss_with_queue,
     remap_caption_labels,
@@ -71,35 +70,14 @@ SHARED_QUEUE = "shared"
 """Name of the single queue when queues are not kept per modality."""
 
 
-class MomentumQueueSpec(ObjectiveSpec):
-    """Fields shared by the momentum-queue contrastive objectives (not registered itself)."""
+class MomentumQueueSpec(TwoTowerSpec):
+    """Fields shared by the momentum-queue contrastive objectives (not registered itself);
+    ``a`` is the visual (or audio) component, ``b`` the text one."""
 
-    a: str = "vision"
-    """Visual (or audio) component; its pooled feature is projected and L2-normalised."""
-    b: str = "text"
-    """Text component."""
-    embed_dim: int = Field(256, gt=0)
-    """Width of the shared embedding space (OmniVL: 256)."""
-    temperature: float = Field(0.07, gt=0.0)
-    """Initial temperature."""
-    learnable_temperature: bool = True
-    """Learn the temperature (clamped to ``temperature_range`` before each use)."""
-    temperature_range: tuple[float, float] = (0.001, 0.5)
-    """Clamp range of the temperature (BLIP/OmniVL: 0.001..0.5)."""
     queue_size: int = Field(57600, gt=0)
     """Rows per feature queue (OmniVL: 57,600; any size works, writes wrap around)."""
     momentum: float = Field(0.995, ge=0.0, le=1.0)
     """EMA coefficient m of the momentum copies (OmniVL 0.995, COTS 0.99)."""
-
-    @model_validator(mode="after")
-    def _range_holds_init(self) -> MomentumQueueSpec:
-        low, high = self.temperature_range
-        if not 0 < low <= self.temperature <= high:
-            raise ValueError(
-                f"temperature {self.temperature} must lie in "
-                f"temperature_range {self.temperature_range}"
-            )
-        return self
 
 
 class _DistillationFields(MomentumQueueSpec):
