@@ -111,7 +111,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 class TextProcessor(Processor):
-    """Tokenizes captions; a list of captions picks one at random in training, the first in eval."""
+    """Tokenizes captions and QA pairs.
+
+    A value is a caption (str), a QA pair ``{"question": q, "answer": a}`` (VALOR's generative
+    QA: the pair encoding ``[CLS] q [SEP] a [SEP]`` plus ``answer_start``, the index of the
+    answer's first token), or a list of either, from which training picks one at random and
+    evaluation the first. Collated batches carry ``answer_start`` (B,), -1 for captions.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -130,10 +136,36 @@ class TextProcessor(Processor):
             if not value:
                 raise MediaDecodeError(key, "empty list of captions")
             value = rng.choice(list(value)) if train else value[0]
+        if isinstance(value, dict):
+            return self.encode_pair(value, key)
         if not isinstance(value, str):
             raise MediaDecodeError(key, f"text must be a string, got {type(value).__name__}")
         ids = self.tokenizer(value, truncation=True, max_length=self.max_length)["input_ids"]
         return {"input_ids": torch.tensor(ids, dtype=torch.long)}
+
+    def encode_pair(self, pair: dict[str, Any], key: str) -> dict[str, Tensor]:
+        """``[CLS] question [SEP] answer [SEP]`` within ``max_length``, the question cut first.
+
+        Returns:
+            ``{"input_ids": (L,), "answer_start": ()}``.
+
+        Raises:
+            MediaDecodeError: the pair lacks a string ``question`` or ``answer``.
+        """
+        question, answer = pair.get("question"), pair.get("answer")
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise MediaDecodeError(key, "a QA pair needs string 'question' and 'answer' fields")
+        budget = self.max_length - 3
+        encode = self.tokenizer
+        answer_ids = encode(answer, add_special_tokens=False)["input_ids"][:budget]
+        question_ids = encode(question, add_special_tokens=False)["input_ids"]
+        question_ids = question_ids[: budget - len(answer_ids)]
+        cls, sep = self.token_id("[CLS]"), self.token_id("[SEP]")
+        ids = [cls, *question_ids, sep, *answer_ids, sep]
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "answer_start": torch.tensor(len(question_ids) + 2),
+        }
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         length = max(len(item["input_ids"]) for item in items if item is not None)
@@ -144,7 +176,13 @@ class TextProcessor(Processor):
                 n = len(item["input_ids"])
                 ids[row, :n], mask[row, :n] = item["input_ids"], 1
         present = torch.tensor([item is not None for item in items])
-        return {"input_ids": ids, "attention_mask": mask, "present": present}
+        starts = [-1 if item is None else int(item.get("answer_start", -1)) for item in items]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "present": present,
+            "answer_start": torch.tensor(starts, dtype=torch.long),
+        }
 
     def decode(self, ids: Tensor) -> list[str]:
         """Token ids (B, L) back to strings, special tokens dropped."""

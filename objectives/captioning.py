@@ -17,12 +17,21 @@ masked positions only (``P(T_m | T_<m, F_x)``: a masked position sees itself as 
 drops the samples lacking one of its modalities, is left out when no sample has them all, and the
 loss is the mean over the groups present. Masks are drawn independently per group [I].
 
-QA variant (``qa: true``, VALOR): ``batch["text"]`` holds question and answer, e.g. the
-tokenizer's pair encoding ``[CLS] question [SEP] answer [SEP]``, and ``batch[qa_field]`` is
-``{"answer_start": (B,) long}``, the index of the first answer token. Only answer tokens (the
+QA variant (``qa: true``, VALOR): ``batch["text"]`` holds question and answer, the pair
+encoding ``[CLS] question [SEP] answer [SEP]`` that the text processor makes of a
+``{"question", "answer"}`` value, and ``batch[qa_field]["answer_start"]`` (B,) is the index of
+the first answer token; with ``qa_field: text`` it is the text batch's own ``answer_start``
+(-1 for a plain caption: such samples are left out of the QA loss). Only answer tokens (the
 final [SEP] included) are masked, with probability ``mask_prob`` and at least one; attention
 is bidirectional over the question prefix and causal over the answer (``mode="prefix"``).
-The data layer does not produce ``answer_start`` yet; a QA source must add it.
+
+Inference (`modaloom.objectives.generation`): ``generate`` captions with greedy or beam search,
+building the condition with the same `ConditionEncoder` as training; LM rows are
+``[DEC] prompt w_1..w_t`` (the last position is read), MGC rows ``[CLS] w_1..w_t [MASK]`` (the
+[MASK] is read, causal mask). ``answer`` decodes an answer greedily after a question: MGC feeds
+``[CLS] question [SEP] a_1..a_t [MASK]`` with the prefix mask (VALOR, no vocabulary
+restriction), LM ``[DEC] prompt question [SEP] a_1..a_t`` (causal), which is what LM training on
+QA pair encodings teaches. Both return generated ids only (see `generation.search`).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from modaloom.objectives.functional import (
     mask_tokens_for_mlm,
     zero_loss_like,
 )
+from modaloom.objectives.generation import SearchOptions, SearchTokens, decoder_step, search
 
 Group = tuple[str, str | list[str]]
 """A modality group: ``(text component, other component or list of components)``."""
@@ -75,6 +85,11 @@ class TextTokens(NamedTuple):
     def special(self) -> tuple[int, ...]:
         """Ids that are never masked for prediction ([SEP] may be re-allowed)."""
         return (self.pad, self.cls, self.sep, self.mask, self.enc, self.dec)
+
+    @property
+    def search(self) -> SearchTokens:
+        """What generation stops at ([SEP]) and never emits ([PAD], [CLS], [MASK], [ENC], [DEC])."""
+        return SearchTokens(self.sep, self.pad, (self.pad, self.cls, self.mask, self.enc, self.dec))
 
 
 def text_tokens(ctx: BuildContext, where: str) -> TextTokens:
@@ -218,6 +233,25 @@ class LanguageModeling(Objective):
         self.names = [config.condition] if isinstance(config.condition, str) else config.condition
         self.register_buffer("prompt_ids", prompt_ids.long(), persistent=False)
 
+    answers_questions = False
+    """Not trained on QA pairs by construction (`answer` works once it is)."""
+
+    @property
+    def default_condition(self) -> list[str]:
+        """The components generation conditions on by default: ``condition``."""
+        return list(self.names)
+
+    def bos_prefix(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Replace the first token ([CLS]) of ids and mask (n, L) by ``[DEC] prompt``.
+
+        Returns:
+            ``(ids, mask)``, each (n, L + P).
+        """
+        prompt = self.prompt_ids.to(ids.device).expand(ids.shape[0], -1)
+        head = torch.cat([torch.full_like(ids[:, :1], self.tokens.dec), prompt], dim=1)
+        ids = torch.cat([head, ids[:, 1:]], dim=1)
+        return ids, torch.cat([torch.ones_like(head), mask[:, 1:]], dim=1)
+
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
         decoder = decoder_of(features, cfg.decoder)
@@ -225,19 +259,72 @@ class LanguageModeling(Objective):
         rows = present_rows(features, [cfg.decoder, *self.names])
         if rows.numel() == 0:
             return {"lm_loss": zero_loss_like(*self.parameters(), *decoder.parameters())}
-        ids, mask = text["input_ids"][rows].clone(), text["attention_mask"][rows]
-        ids[:, 0] = self.tokens.dec
+        ids, mask = self.bos_prefix(text["input_ids"][rows], text["attention_mask"][rows])
         skip = 1 + self.prompt_ids.numel()
-        if self.prompt_ids.numel():
-            prompt = self.prompt_ids.to(ids.device).expand(ids.shape[0], -1)
-            ids = torch.cat([ids[:, :1], prompt, ids[:, 1:]], dim=1)
-            mask = torch.cat([mask[:, :1], torch.ones_like(prompt), mask[:, 1:]], dim=1)
         labels = ids.masked_fill(mask == 0, -100)
         labels[:, :skip] = -100
         condition, condition_mask = self.condition(features, self.names, rows)
         logits = decoder(ids, mask, condition, condition_mask, mode="causal").logits
         loss = label_smoothed_lm_loss(logits[:, :-1], labels[:, 1:], cfg.label_smoothing)
         return {"lm_loss": loss}
+
+    def generate(
+        self,
+        features: FeatureCache,
+        condition: str | Sequence[str] | None = None,
+        *,
+        rows: Tensor | None = None,
+        num_beams: int = 1,
+        max_length: int = 20,
+        min_length: int = 1,
+        length_penalty: float = 1.0,
+    ) -> Tensor:
+        """Caption samples: decode after ``[DEC] prompt`` with causal attention.
+
+        Args:
+            features: the batch's feature cache.
+            condition: components to condition on (default: `default_condition`).
+            rows: (n,) samples to caption (default: all).
+            num_beams: 1 = greedy search.
+            max_length: generated tokens at most, [SEP] included.
+            min_length: tokens before [SEP] at least.
+            length_penalty: beam scores are ``sum log p / length ** length_penalty``.
+
+        Returns:
+            (n, T) generated ids without [DEC] or prompt, ending with [SEP] where the caption
+            stopped, right-padded with [PAD] (`TextProcessor.decode` turns them into text).
+        """
+        start = torch.full((1, 1), self.tokens.cls, dtype=torch.long, device=self.prompt_ids.device)
+        prefix, prefix_mask = self.bos_prefix(start, torch.ones_like(start))
+        options = SearchOptions(num_beams, max_length, min_length, length_penalty)
+        return decode(self, features, condition, rows, prefix, prefix_mask, None, "causal", options)
+
+    def answer(
+        self,
+        features: FeatureCache,
+        questions: Tensor,
+        question_mask: Tensor,
+        rows: Tensor,
+        condition: str | Sequence[str] | None = None,
+        *,
+        max_length: int = 5,
+    ) -> Tensor:
+        """Greedy answers after ``[DEC] prompt question [SEP]`` (causal).
+
+        Args:
+            features: the batch's feature cache.
+            questions: (Q, Lq) ``[CLS] question [SEP]`` ids, right-padded.
+            question_mask: (Q, Lq) 1 for real tokens.
+            rows: (Q,) the sample each question is about.
+            condition: components to condition on (default: `default_condition`).
+            max_length: answer tokens at most, [SEP] included.
+
+        Returns:
+            (Q, T) answer ids, as `generate` returns them.
+        """
+        prefix, prefix_mask = self.bos_prefix(questions, question_mask)
+        options = SearchOptions(max_length=max_length)
+        return decode(self, features, condition, rows, prefix, prefix_mask, None, "causal", options)
 
 
 def _condition_dims(ctx: BuildContext, names: Sequence[str]) -> dict[str, int]:
@@ -279,7 +366,9 @@ class MGCSpec(ObjectiveSpec):
     qa: bool = False
     """QA variant: mask only the answer span, prefix-bidirectional attention."""
     qa_field: str = "qa"
-    """Batch key of ``{"answer_start": (B,) long}`` for the QA variant."""
+    """Batch key of ``{"answer_start": (B,) long}`` for the QA variant; ``text`` reads the text
+    batch's own ``answer_start``, which the text processor fills for ``{question, answer}``
+    values (the digits-av ``part: qa`` source)."""
 
     @model_validator(mode="after")
     def _distinct_groups(self) -> MGCSpec:
@@ -303,6 +392,16 @@ class MGC(Objective):
         self.config = config
         self.condition = condition
         self.tokens = tokens
+
+    @property
+    def answers_questions(self) -> bool:
+        """Whether this is the QA variant (``qa: true``)."""
+        return self.config.qa
+
+    @property
+    def default_condition(self) -> list[str]:
+        """The components generation conditions on by default: the last group's."""
+        return group_members(self.config.groups[-1])
 
     def answer_start(self, features: FeatureCache, rows: Tensor) -> Tensor:
         """(b,) first answer position of the selected samples (QA variant)."""
@@ -348,6 +447,8 @@ class MGC(Objective):
         losses = []
         for group in self.config.groups:
             rows = present_rows(features, [group[0], *group_members(group)])
+            if self.config.qa and rows.numel():
+                rows = rows[self.answer_start(features, rows) >= 0]  # plain captions: no answer
             if rows.numel() == 0:
                 continue
             loss = self.group_loss(features, group, rows)
@@ -360,6 +461,55 @@ class MGC(Objective):
             out["mgc_loss"] = zero_loss_like(*self.parameters())
         return out
 
+    def generate(
+        self,
+        features: FeatureCache,
+        condition: str | Sequence[str] | None = None,
+        *,
+        rows: Tensor | None = None,
+        num_beams: int = 1,
+        max_length: int = 20,
+        min_length: int = 1,
+        length_penalty: float = 1.0,
+    ) -> Tensor:
+        """Caption samples VALOR's way: feed ``[CLS] w_1..w_t [MASK]``, read the [MASK] (causal).
+
+        Arguments and result as `LanguageModeling.generate` (ids without [CLS]); ``condition``
+        defaults to the last group's components, e.g. ``["vision", "audio"]``.
+        """
+        start = torch.full((1, 1), self.tokens.cls, dtype=torch.long)
+        options = SearchOptions(num_beams, max_length, min_length, length_penalty)
+        ones, mask = torch.ones_like(start), self.tokens.mask
+        return decode(self, features, condition, rows, start, ones, mask, "causal", options)
+
+    def answer(
+        self,
+        features: FeatureCache,
+        questions: Tensor,
+        question_mask: Tensor,
+        rows: Tensor,
+        condition: str | Sequence[str] | None = None,
+        *,
+        max_length: int = 5,
+    ) -> Tensor:
+        """Greedy open-vocabulary answers (VALOR QA): ``[CLS] question [SEP] a_1..a_t [MASK]``,
+        attention bidirectional over the question and causal over the answer.
+
+        Arguments and result as `LanguageModeling.answer`.
+        """
+        options = SearchOptions(max_length=max_length)
+        return decode(
+            self,
+            features,
+            condition,
+            rows,
+            questions,
+            question_mask,
+            self.tokens.mask,
+            "prefix",
+            options,
+        )
+
 
 def make_mgc(config: MGCSpec, ctx: BuildContext) -> MGC:
     """Registry factory of ``mgc``."""
@@ -370,6 +520,59 @@ def make_mgc(config: MGCSpec, ctx: BuildContext) -> MGC:
     names = [name for group in config.groups for name in group_members(group)]
     condition = ConditionEncoder(_condition_dims(ctx, names), decoder.condition_dim, True)
     return MGC(config, condition, text_tokens(ctx, where))
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def decode(
+    objective: LanguageModeling | MGC,
+    features: FeatureCache,
+    condition: str | Sequence[str] | None,
+    rows: Tensor | None,
+    prefix: Tensor,
+    prefix_mask: Tensor,
+    tail: int | None,
+    mode: Literal["causal", "prefix"],
+    options: SearchOptions,
+) -> Tensor:
+    """Search with ``objective``'s decoder after per-row prefixes, conditioned as in training.
+
+    Args:
+        objective: an ``lm`` or ``mgc`` objective (its condition encoder, decoder and tokens).
+        features: the batch's feature cache.
+        condition: components to condition on; ``None``: ``objective.default_condition``.
+        rows: (n,) samples (default: all).
+        prefix: (n, P) or (1, P) ids every row starts with, right-padded.
+        prefix_mask: like ``prefix``, 1 for real tokens.
+        tail: id appended after the generated tokens and read (MGC's [MASK]), or ``None``.
+        mode: ``causal``, or ``prefix`` (bidirectional over the prefix).
+        options: the search options.
+
+    Returns:
+        (n, T) generated ids (`modaloom.objectives.generation.search`).
+
+    Raises:
+        ValueError: ``condition`` names a component the objective has no adapter for.
+    """
+    names = objective.default_condition if condition is None else condition
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in objective.condition.adapters]
+    if unknown:
+        known = list(objective.condition.adapters)
+        raise ValueError(f"cannot condition on {unknown}: this objective knows {known}")
+    sequence = features[names[0]].sequence
+    device = sequence.device
+    rows = torch.arange(sequence.shape[0], device=device) if rows is None else rows.to(device)
+    cond, cond_mask = objective.condition(features, names, rows)
+    prefix = prefix.to(device).expand(rows.shape[0], -1)
+    lengths = prefix_mask.to(device).expand(rows.shape[0], -1).sum(dim=1)
+    decoder = decoder_of(features, objective.config.decoder)
+    tokens = objective.tokens
+    step = decoder_step(
+        decoder, prefix, lengths, cond, cond_mask, tail=tail, mode=mode, pad=tokens.pad
+    )
+    return search(step, rows.shape[0], tokens.search, options, device)
 
 
 TINY_TEXT_DECODER: dict[str, Any] = {

@@ -315,8 +315,9 @@ class DigitsAvSpec(SourceSpec):
     type: Literal["digits_av"] = "digits_av"
     split: Literal["train", "test"] = "train"
     """Train or test (disjoint scans)."""
-    part: Literal["clips", "labels"] = "clips"
-    """Clips (video + audio + caption + QA) or image-label samples (PNG + class prompts)."""
+    part: Literal["clips", "labels", "qa"] = "clips"
+    """Clips (video + audio + caption + QA), image-label samples (PNG + class prompts), or
+    ``qa``: the clips with their two QA pairs as ``text`` (training picks one per sample)."""
     seed: int = 0
     """Build seed."""
     num_train_clips: int = Field(3000, ge=1)
@@ -337,6 +338,7 @@ CLIP_FIELDS = {
     "visual_digit": "json.visual_digit",
     "audio_digit": "json.audio_digit",
 }
+QA_FIELDS = {**CLIP_FIELDS, "text": "json.qa"}
 
 
 def load_samples(urls: list[str], fields: dict[str, str]) -> list[RawSample]:
@@ -355,8 +357,9 @@ def make_digits_av_source(config: DigitsAvSpec) -> Source:
     info = ensure_digits_av(
         config.cache_dir, config.seed, config.num_train_clips, config.num_test_clips
     )
-    if config.part == "clips":
-        return InMemorySource(load_samples(info.urls("clips", config.split), CLIP_FIELDS))
+    if config.part in ("clips", "qa"):
+        fields = CLIP_FIELDS if config.part == "clips" else QA_FIELDS
+        return InMemorySource(load_samples(info.urls("clips", config.split), fields))
     labels = load_samples(info.urls("labels", config.split), {"image": "png", "label": "cls"})
     return LabelSource(
         InMemorySource(labels),
