@@ -103,14 +103,54 @@ class Pipeline:
 
     def batch(self, field: str, values: list[Any]) -> Batch:
         """Process raw values of one modality into a batch on the model's device."""
-        processor = self.run.processors[field]
+        return self.media_batch({field: values})
+
+    def media_batch(self, media: dict[str, list[Any]]) -> Batch:
+        """Process raw values of several modalities (same length) into one batch."""
         rng = random.Random(0)
-        items = [
-            processor.process(v, key=f"input{i}", train=False, rng=rng)
-            for i, v in enumerate(values)
-        ]
-        batch = {field: processor.collate(list(items)), "__keys__": [], "__meta__": []}
+        batch: Batch = {"__keys__": [], "__meta__": []}
+        for field, values in media.items():
+            processor = self.run.processors[field]
+            items = [
+                processor.process(v, key=f"{field}{i}", train=False, rng=rng)
+                for i, v in enumerate(values)
+            ]
+            batch[field] = processor.collate(list(items))
         return send_to_device(batch, self.run.device)  # type: ignore[no-any-return]
+
+    def generator(self, qa: bool) -> Any:
+        """The first objective that generates text (``qa``: one trained to answer questions)."""
+        for objective in self.model.objectives:
+            if hasattr(objective, "generate") and objective.answers_questions == qa:
+                return objective
+        kind = "answers questions" if qa else "generates captions"
+        raise CheckpointError(f"no objective of this model {kind} (add an lm or mgc objective)")
+
+    @torch.no_grad()
+    def caption(
+        self, media: dict[str, list[Any]], num_beams: int = 3, max_length: int = 20
+    ) -> list[str]:
+        """Captions of media, e.g. ``caption({"video": [mp4_bytes], "audio": [mp4_bytes]})``."""
+        objective = self.generator(qa=False)
+        features = FeatureCache(self.model, self.media_batch(media))
+        ids = objective.generate(features, num_beams=num_beams, max_length=max_length)
+        return self.run.processors["text"].decode(ids)  # type: ignore[attr-defined,no-any-return]
+
+    @torch.no_grad()
+    def answer(
+        self, media: dict[str, list[Any]], question: str | list[str], max_length: int = 5
+    ) -> list[str]:
+        """Generated answers, one per media item (one question for all, or one each)."""
+        count = len(next(iter(media.values())))
+        questions = [question] * count if isinstance(question, str) else list(question)
+        objective = self.generator(qa=True)
+        features = FeatureCache(self.model, self.media_batch(media))
+        text = self.batch("text", questions)["text"]
+        rows = torch.arange(count, device=self.run.device)
+        ids = objective.answer(
+            features, text["input_ids"], text["attention_mask"], rows, max_length=max_length
+        )
+        return self.run.processors["text"].decode(ids)  # type: ignore[attr-defined,no-any-return]
 
     def embedding_of(self, field: str, batch: Batch) -> Tensor:
         """Embeddings (N, E) of a batch's ``field`` from the first component and objective that
@@ -131,10 +171,24 @@ class Pipeline:
         ``video``, ``audio``)."""
         return self.embedding_of(modality, self.batch(modality, inputs))
 
+    def components_reading(self, field: str) -> list[str]:
+        """Components whose input includes ``field``."""
+        return [name for name, inputs in self.model.inputs.items() if field in inputs]
+
     @torch.no_grad()
     def score(self, texts: list[str], media: list[Any], modality: str = "image") -> Tensor:
-        """Dot-product similarity (len(texts), len(media)) of captions and media."""
-        return self.embed("text", texts) @ self.embed(modality, media).T
+        """Similarity (len(texts), len(media)) of captions and media, as the first objective that
+        scores them computes it (a dot product for ITC, fine-grained for MGA)."""
+        text_features = FeatureCache(self.model, self.batch("text", texts))
+        media_features = FeatureCache(self.model, self.batch(modality, media))
+        for text in self.components_reading("text"):
+            for other in self.components_reading(modality):
+                for objective in self.model.objectives:
+                    query = objective.retrieval_side((text,), text_features)  # type: ignore[operator]
+                    target = objective.retrieval_side((other,), media_features)  # type: ignore[operator]
+                    if query is not None and target is not None:
+                        return objective.retrieval_scores(query, target)  # type: ignore[operator,no-any-return]
+        raise CheckpointError(f"no objective of this model scores text against {modality!r}")
 
 
 def load(checkpoint: str | Path, device: str | None = None) -> Pipeline:

@@ -140,9 +140,7 @@ class Source(ABC):
         for index, sample in enumerate(self.iter_raw()):
             if limit is not None and index >= limit:
                 return
-            text = sample.get("text")
-            if isinstance(text, str):
-                yield text
+            yield from text_strings(sample.get("text"))
 
     @abstractmethod
     def iter_raw(self) -> Iterator[RawSample]:
@@ -158,6 +156,19 @@ class Source(ABC):
     def is_map_style(self) -> bool:
         """Whether samples can be fetched by index (needed for exact, cheap resume)."""
         return type(self).__getitem__ is not Source.__getitem__
+
+
+def text_strings(value: Any) -> Iterator[str]:
+    """Every string of a text field: a caption, a list of captions, or QA pairs
+    (``{"question": ..., "answer": ...}``), for training a tokenizer."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from text_strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from text_strings(item)
 
 
 def zeros_like_first(items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from modaloom.core.errors import DataError, MediaDecodeError
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import RawSample, Source
+from modaloom.core.interfaces import RawSample, Source, text_strings
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import SourceSpec
 from modaloom.plugins.data_tools import Blob, MemberRef, expand_urls, open_shard, read_shard
@@ -306,12 +306,11 @@ class WebDatasetSource(Source):
                     value = self._sample(url, key, blobs, ("text",)).get("text")
                 except (MediaDecodeError, DataError):
                     continue
-                for text in value if isinstance(value, list) else [value]:
+                for text in text_strings(value):
                     if limit is not None and count >= limit:
                         return
-                    if isinstance(text, str):
-                        count += 1
-                        yield text
+                    count += 1
+                    yield text
 
 
 def _fail(key: str, reason: str) -> Any:

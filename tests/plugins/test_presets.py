@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+import modaloom
+from modaloom.core.data import build_sources
 from modaloom.core.evaluation import run_evaluators
 from modaloom.core.inference import load_run
 from modaloom.core.registry import Registry
@@ -59,3 +61,21 @@ def test_tiny_preset_trains_and_evaluates(preset: str, registry: Registry, tmp_p
     for key, value in metrics.items():
         if key.rsplit(".", 1)[-1] in {"r1", "r5", "r10", "accuracy"}:
             assert 0.0 <= value <= 1.0, key
+
+
+def test_pipeline_captions_and_answers(registry: Registry, tmp_path: Path,
+                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.getbasetemp() / "digits-av-small"
+    spec = load_spec(small_digits(resolve_tree("valor-tiny", registry), cache), registry=registry)
+    train(spec, tmp_path, registry=registry, show_progress=False)
+    pipeline = modaloom.load(tmp_path)
+    sample = build_sources(spec.data.eval_sources, registry)["test"][0]
+    media = {"video": [sample["video"]] * 2, "audio": [sample["audio"]] * 2}
+    captions = pipeline.caption(media, num_beams=2, max_length=6)
+    answers = pipeline.answer(media, ["which digit is shown?", "which tone plays?"])
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    assert captions[0] == captions[1]  # same clip, same caption
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    scores = pipeline.score(["a one is shown while a tone for two plays"], [sample["video"]],
+                            modality="video")
+    assert scores.shape == (1, 1)
