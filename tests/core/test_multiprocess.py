@@ -1,0 +1,125 @@
+"""Real multi-process training on CPU: ``torchrun`` with two gloo ranks through the CLI.
+
+1. Two ranks with ``data.batch_size=8`` train the same model as one process with
+   ``data.batch_size=16``: rank r takes plan micro-batch ``2m + r``, so the two ranks together
+   see the single process's 16 samples with the same augmentations, and ITC gathers both ranks'
+   embeddings (with gradient) so every rank computes the loss over the same 16 x 16 logits.
+   Losses and weights agree to a tolerance, not bitwise: matrix products over 8 rows and over
+   16 rows block their sums differently, and DDP averages gradients (g0 + g1) / 2 where a single
+   process sums per-sample terms in one pass. Dropout is off in both runs, because each process
+   draws its own masks for its own rows.
+2. A two-rank run resumed from an intermediate checkpoint reproduces the uninterrupted run
+   bitwise. Both runs have the same world size, the same per-rank RNG streams (restored from
+   ``rng-rank{r}.pt``; dropout stays on so that restoring them matters), the same data position
+   and the same reduction order (with two ranks a gloo sum is a + b, which is commutative), so
+   there is no source of rounding difference and an exact comparison is the right one. Resuming
+   with another number of processes is refused with one message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.testing import assert_close
+
+DROPOUT_OFF = [
+    f"model.components.{component}.config.{name}=0.0"
+    for component in ("text", "vision")
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")
+]
+STEPS = 20
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def train_args(manifest: Path, output: Path, *overrides: str) -> list[str]:
+    """``train clip-tiny`` arguments: every step logged, checkpoints at half and end."""
+    settings = [
+        f"data.sources.train.path={manifest}",
+        f"train.steps={STEPS}",
+        "train.log_every=1",
+        f"train.checkpoint_every={STEPS // 2}",
+        *overrides,
+    ]
+    sets = [part for setting in settings for part in ("--set", setting)]
+    return ["train", "clip-tiny", *sets, "--output", str(output), "--no-progress"]
+
+
+def launch(args: list[str], processes: int, expect: int = 0) -> str:
+    """Run ``modaloom`` in one process, or under torchrun with ``processes`` gloo ranks.
+
+    Returns:
+        stderr, after checking that the exit status is ``expect``.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if processes == 1:
+        command = [sys.executable, "-m", "modaloom", *args]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command = [*launcher, "--nproc_per_node", str(processes), "-m", "modaloom", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done.stderr
+
+
+def read_metrics(run: Path) -> list[dict[str, float]]:
+    """metrics.jsonl without the wall-clock field."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """Weights of the last checkpoint (step ``STEPS``)."""
+    return load_file(run / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors")
+
+
+def test_two_ranks_of_8_match_one_process_of_16(shapes_manifest: Path, tmp_path: Path) -> None:
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    launch(train_args(shapes_manifest, single, "data.batch_size=16", *DROPOUT_OFF), 1)
+    launch(train_args(shapes_manifest, multi, "data.batch_size=8", *DROPOUT_OFF), 2)
+
+    one, two = read_metrics(single), read_metrics(multi)
+    assert [m["step"] for m in two] == list(range(1, STEPS + 1))
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys() and a["stage"] == b["stage"] and a["lr"] == b["lr"]
+        for name in ("loss", "itc/itc_loss", "itc/temperature"):
+            assert abs(a[name] - b[name]) <= 1e-5 * max(1.0, abs(a[name])), (a, b)
+    ref, got = final_weights(single), final_weights(multi)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert_close(got[name], ref[name], rtol=1e-3, atol=2e-4, msg=name)
+    checkpoint = multi / "checkpoints" / f"step-{STEPS:08d}"
+    assert json.loads((checkpoint / "meta.json").read_text())["world_size"] == 2
+    assert (checkpoint / "rng-rank0.pt").is_file() and (checkpoint / "rng-rank1.pt").is_file()
+
+
+def test_two_rank_resume_reproduces_uninterrupted_run(
+    shapes_manifest: Path, tmp_path: Path
+) -> None:
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    args = train_args(shapes_manifest, uninterrupted, "data.batch_size=8")
+    launch(args, 2)
+    shutil.copytree(uninterrupted, resumed)
+    shutil.rmtree(resumed / "checkpoints" / f"step-{STEPS:08d}")  # as if killed before the end
+    launch([*train_args(shapes_manifest, resumed, "data.batch_size=8"), "--resume"], 2)
+
+    assert read_metrics(resumed) == read_metrics(uninterrupted)  # steps 11..20 were redone
+    ref, got = final_weights(uninterrupted), final_weights(resumed)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(got[name], ref[name]), name
+
+    # the data position and the step count assume the same world: another one is refused
+    error = launch([*train_args(shapes_manifest, resumed, "data.batch_size=8"), "--resume"], 1, 2)
+    latest = resumed / "checkpoints" / f"step-{STEPS:08d}"
+    assert error.splitlines()[-1] == (
+        f"error: checkpoint {latest} was written by 2 process(es) and this run has 1; resume "
+        "with 2 processes (data.batch_size is per process, so the global batch would change)"
+    )
