@@ -28,11 +28,15 @@ def plot_loss(metrics_file: Path, output: Path) -> bool:
     except ImportError:
         return False
     records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    terms = sorted({k for r in records for k in r if k.endswith("_loss") and "/" in k})
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
-    axis.plot([r["step"] for r in records], [r["loss"] for r in records], color="#2a6f97")
+    for term in terms:  # one line per objective (batches of different sources train different ones)
+        points = [(r["step"], r[term]) for r in records if term in r]
+        axis.plot(*zip(*points, strict=True), label=term)
     axis.set_xlabel("step")
-    axis.set_ylabel("total loss")
-    axis.set_title("training loss")
+    axis.set_ylabel("loss")
+    axis.set_title("training losses")
+    axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(output)
