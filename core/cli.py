@@ -40,9 +40,12 @@ def default_output(spec_arg: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from modaloom.core.runner import train
 
-    spec = load_spec(args.spec, args.set)
+    keep = [f"train.keep_last={args.keep_last}"] if args.keep_last is not None else []
+    spec = load_spec(args.spec, [*args.set, *keep])
     output = Path(args.output) if args.output else default_output(args.spec)
     result = train(spec, output, resume=args.resume, show_progress=not args.no_progress)
+    if not result.is_main_process:
+        return 0
     print(
         f"trained {result.step} steps; last loss {result.last_loss:.4f}; "
         f"checkpoint {result.checkpoint}"
@@ -159,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the last complete checkpoint in --output",
+    )
+    train.add_argument(
+        "--keep-last",
+        type=int,
+        metavar="N",
+        help="keep only the newest N checkpoints (same as --set train.keep_last=N)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint with the spec's evaluators")

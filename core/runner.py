@@ -53,6 +53,7 @@ class TrainResult:
         last_loss: the loss of the last step (mean over ranks).
         checkpoint: the last checkpoint written.
         skipped_samples: corrupt samples skipped on this rank.
+        is_main_process: whether this process is rank 0 (only it prints).
     """
 
     output_dir: Path
@@ -60,6 +61,7 @@ class TrainResult:
     last_loss: float
     checkpoint: Path | None
     skipped_samples: int = 0
+    is_main_process: bool = True
 
 
 def make_accelerator(precision: str, accumulation: int) -> Accelerator:
@@ -169,7 +171,12 @@ class TrainingSession:
         ):
             self.save_checkpoint()
         return TrainResult(
-            self.output_dir, self.step, last_loss, self.last_checkpoint, self.skipped
+            self.output_dir,
+            self.step,
+            last_loss,
+            self.last_checkpoint,
+            self.skipped,
+            self.accelerator.is_main_process,
         )
 
     def stage_plan(

@@ -18,8 +18,10 @@ def test_validate_misspelled_objective_exits_non_zero(capsys, tmp_path) -> None:
     captured = capsys.readouterr()
     assert captured.out == ""
     names = ", ".join(default_registry().names("objective"))
-    assert (f"  model.objectives.0.type: unknown objective 'itcc'. Did you mean 'itc', 'itm'? "
-            f"Available: {names}.\n") in captured.err
+    assert (
+        f"  model.objectives.0.type: unknown objective 'itcc'. Did you mean 'itc', 'itm'? "
+        f"Available: {names}.\n"
+    ) in captured.err
     assert "Traceback" not in captured.err
 
 
@@ -89,3 +91,25 @@ def test_unknown_command_is_argparse_error() -> None:
     with pytest.raises(SystemExit) as info:
         main(["fly"])
     assert info.value.code == 2
+
+
+def test_keep_last_flag(capsys, shapes_manifest: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code = main(
+        [
+            "train",
+            "clip-tiny",
+            "--set",
+            f"data.sources.train.path={shapes_manifest}",
+            "--set",
+            "train.steps=3",
+            "--set",
+            "train.checkpoint_every=1",
+            "--keep-last",
+            "1",
+            "--output",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
