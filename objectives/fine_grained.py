@@ -48,9 +48,8 @@ from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
 from modaloom.modalities.text import TINY_BERT
-from modaloom.objectives.captioning import (
-    TINY_AV,
-    TINY_GROUPS,
+from modaloom.objectives.captioning import TINY_AV, TINY_GROUPS
+from modaloom.objectives.conditioning import (
     Group,
     default_groups,
     group_members,

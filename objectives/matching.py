@@ -38,7 +38,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
-from modaloom.objectives.captioning import TextTokens, check_decoder, decoder_of, text_tokens
+from modaloom.objectives.conditioning import TextTokens, check_decoder, decoder_of, text_tokens
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.functional import itm_hard_negatives, zero_loss_like
 from modaloom.objectives.queue_contrastive import SIMILARITY_KEY, TINY_IMAGE_TEXT

@@ -55,7 +55,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec, Spec
-from modaloom.objectives.captioning import TextTokens, text_tokens
+from modaloom.objectives.conditioning import TextTokens, text_tokens
 from modaloom.objectives.cots import AMF_KEEP_KEY
 from modaloom.objectives.functional import block_mask_patches, mask_tokens_for_mlm, zero_loss_like
 from modaloom.objectives.queue_contrastive import TINY_IMAGE_TEXT

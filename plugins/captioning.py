@@ -25,7 +25,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
 from modaloom.modalities.text import TextProcessor
-from modaloom.objectives.captioning import Group, group_members, present_rows
+from modaloom.objectives.conditioning import Group, group_members, present_rows
 from modaloom.objectives.generation import TextGenerator
 
 log = logging.getLogger(__name__)

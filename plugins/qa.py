@@ -23,7 +23,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
 from modaloom.modalities.text import TextProcessor
-from modaloom.objectives.captioning import Group, present_rows
+from modaloom.objectives.conditioning import Group, present_rows
 from modaloom.objectives.generation import TextGenerator
 from modaloom.plugins.captioning import condition_of, text_generator, tokenize_caption
 
