@@ -38,6 +38,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.modalities.text_decoder import BertTextDecoder
 from modaloom.objectives.conditioning import TextTokens, check_decoder, decoder_of, text_tokens
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.functional import itm_hard_negatives, zero_loss_like
@@ -143,6 +144,23 @@ class ITM(Objective):
         visual_index = torch.cat([arange, neg_visual[with_visual], arange[with_text]])
         return text_index, visual_index, hard
 
+    def match_logits(
+        self,
+        decoder: BertTextDecoder,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        visual: Tensor,
+        visual_mask: Tensor | None,
+    ) -> Tensor:
+        """(n, 2) no-match/match logits of n text-visual pairs: the alignment decoder runs
+        bidirectionally with [ENC] first, cross-attending to the visual tokens (n, N, D)."""
+        ids = input_ids.clone()
+        ids[:, 0] = self.tokens.enc
+        hidden = decoder.hidden_states(
+            ids, attention_mask, visual, visual_mask, mode="bidirectional"
+        )
+        return self.head(hidden[:, 0])  # type: ignore[no-any-return]
+
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
         visual = features[cfg.vision]
@@ -157,18 +175,15 @@ class ITM(Objective):
             loss = zero_loss_like(visual.sequence, *self.head.parameters())
             return {"itm_loss": loss, "itm_accuracy": new(0.0), **metrics}
         text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
-        ids = text["input_ids"][rows].clone()
-        ids[:, 0] = self.tokens.enc
         sequence = visual.sequence[rows][visual_index]
         sequence_mask = visual.mask[rows][visual_index] if visual.mask is not None else None
-        hidden = decoder_of(features, cfg.decoder).hidden_states(
-            ids[text_index],
+        logits = self.match_logits(
+            decoder_of(features, cfg.decoder),
+            text["input_ids"][rows][text_index],
             text["attention_mask"][rows][text_index],
             sequence,
             sequence_mask,
-            mode="bidirectional",
         )
-        logits = self.head(hidden[:, 0])
         targets = torch.zeros(text_index.numel(), dtype=torch.long, device=logits.device)
         targets[: rows.numel()] = 1
         loss = F.cross_entropy(logits, targets)

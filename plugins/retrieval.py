@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from modaloom.core.compose import FeatureCache
 from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
@@ -31,6 +32,12 @@ class RetrievalSpec(EvaluatorSpec):
     """Metric name, e.g. ``t2av``; the components' initials by default."""
     chunk_size: int = Field(512, gt=0)
     """Queries scored at once; memory grows with chunk_size x gallery size."""
+    rerank: str | None = None
+    """Name of an ``itm`` objective: re-score each text query's ``rerank_k`` best targets by ITM
+    match probability + first-stage score (BLIP/OmniVL), reported as ``retrieval.<name>_itm.*``.
+    Needs a single text query component and a single visual target component."""
+    rerank_k: int = Field(16, gt=0)
+    """Candidates per query re-scored by ITM."""
     match_by: Literal["text", "key"] = "text"
     """``text``: samples sharing a caption count as correct matches; ``key``: only the pair."""
 
@@ -114,8 +121,11 @@ class RetrievalEvaluator(Evaluator):
         query_side, target_side = tuple(cfg.query), tuple(cfg.target)
         objective = ctx.objective(cfg.objective, [query_side, target_side])
         queries, targets, groups, texts, keys = [], [], [], [], []
+        pairs: list[dict[str, Tensor]] = []
         for batch in ctx.batches():
             features = ctx.features(batch)
+            if cfg.rerank is not None:
+                pairs.append(rerank_inputs(ctx.objective(cfg.rerank, []), features))
             query = objective.retrieval_side(query_side, features)
             target = objective.retrieval_side(target_side, features)
             assert query is not None and target is not None
@@ -130,6 +140,7 @@ class RetrievalEvaluator(Evaluator):
                 keys.append(key)
         ids = group_ids(groups)
         gallery_q, gallery_t = concat_sides(queries), concat_sides(targets)
+
         self.keep_examples(objective, gallery_q, gallery_t, ids, texts, keys)
         forward = cfg.name or f"{initials(cfg.query)}2{initials(cfg.target)}"
         backward = "2".join(reversed(forward.split("2", 1)))
@@ -145,7 +156,71 @@ class RetrievalEvaluator(Evaluator):
                 ),
             )
         )
+        if cfg.rerank is not None:
+            itm = ctx.objective(cfg.rerank, [])
+            ranks = reranked_ranks(
+                itm, ctx, objective, gallery_q, gallery_t, concat_sides(pairs), ids, cfg.rerank_k
+            )
+            metrics.update(rank_metrics(f"retrieval.{forward}_itm", ranks))
         return metrics
+
+
+def rerank_inputs(itm: Any, features: FeatureCache) -> dict[str, Tensor]:
+    """Per-sample decoder text and visual tokens an ITM objective scores, on the CPU."""
+    cfg = itm.config
+    text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
+    visual = features[cfg.vision]
+    mask = (
+        visual.mask
+        if visual.mask is not None
+        else visual.sequence.new_ones(visual.sequence.shape[:2], dtype=torch.long)
+    )
+    return {
+        "input_ids": text["input_ids"].cpu(),
+        "attention_mask": text["attention_mask"].cpu(),
+        "visual": visual.sequence.cpu(),
+        "visual_mask": mask.cpu(),
+    }
+
+
+@torch.no_grad()
+def reranked_ranks(
+    itm: Any,
+    ctx: EvalContext,
+    objective: Objective,
+    queries: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    pairs: dict[str, Tensor],
+    groups: Tensor,
+    k: int,
+) -> Tensor:
+    """0-based rank of the best correct target after ITM re-scoring of each query's top k.
+
+    A query whose top k holds no correct target keeps its first-stage rank (>= k).
+    """
+    decoder = ctx.model.components[itm.config.decoder]
+    first_ranks = best_correct_ranks(objective, queries, targets, groups, groups, 256)
+    ranks = []
+    for index in range(len(groups)):
+        query = {key: value[index : index + 1] for key, value in queries.items()}
+        first = objective.retrieval_scores(query, targets)[0].float()
+        top = first.topk(min(k, first.numel())).indices
+        correct = groups[top] == groups[index]
+        if not bool(correct.any()):
+            ranks.append(int(first_ranks[index]))
+            continue
+        device = ctx.device
+        logits = itm.match_logits(
+            decoder,
+            pairs["input_ids"][index].expand(len(top), -1).to(device),
+            pairs["attention_mask"][index].expand(len(top), -1).to(device),
+            pairs["visual"][top].to(device),
+            pairs["visual_mask"][top].to(device),
+        )
+        score = logits.softmax(dim=1)[:, 1].cpu() + first[top]
+        best = score[correct].max()
+        ranks.append(int((score > best).sum()))
+    return torch.tensor(ranks)
 
 
 class _Swapped(Objective):

@@ -47,3 +47,39 @@ def test_chunk_size_does_not_change_ranks() -> None:
             whole,
             best_correct_ranks(DotObjective(), query, target, groups, groups, chunk_size=chunk),
         )
+
+
+class FakeITM:
+    """Matches text i with visual j when the visual token equals the text's first id."""
+
+    class config:
+        decoder = "align"
+
+    def match_logits(self, decoder, input_ids, attention_mask, visual, visual_mask):  # type: ignore[no-untyped-def]
+        match = (visual[:, 0, 0] == input_ids[:, 0].float()).float() * 20 - 10
+        return torch.stack([-match, match], dim=1)
+
+
+def test_itm_rerank_moves_the_matching_target_up() -> None:
+    from types import SimpleNamespace
+
+    from modaloom.plugins.retrieval import reranked_ranks
+
+    scores = torch.tensor([[0.1, 0.3, 0.2], [0.5, 0.4, 0.0], [0.9, 0.8, 0.1]])
+    query, target = {"embedding": scores}, {"embedding": torch.eye(3)}
+    pairs = {
+        "input_ids": torch.tensor([[0], [1], [2]]),
+        "attention_mask": torch.ones(3, 1, dtype=torch.long),
+        "visual": torch.arange(3).float().view(3, 1, 1),
+        "visual_mask": torch.ones(3, 1, dtype=torch.long),
+    }
+    ctx = SimpleNamespace(
+        model=SimpleNamespace(components={"align": None}), device=torch.device("cpu")
+    )
+    groups = torch.arange(3)
+    first = best_correct_ranks(DotObjective(), query, target, groups, groups, chunk_size=3)
+    assert first.tolist() == [2, 1, 2]
+    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), query, target, pairs, groups, k=2)
+    assert ranks.tolist() == [2, 0, 2]  # query 0's match is not in its top 2: rank kept
+    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), query, target, pairs, groups, k=3)
+    assert ranks.tolist() == [0, 0, 0]
