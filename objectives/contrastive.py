@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -57,17 +56,6 @@ class ITCSpec(TwoTowerSpec):
     """Treat samples sharing ``batch["labels"]`` (>= 0) as extra positives."""
 
 
-def projected_side(
-    projections: Mapping[str, nn.Module], components: tuple[str, ...], features: FeatureCache
-) -> dict[str, Tensor] | None:
-    """Retrieval side of a two-tower objective: the projected, L2-normalised pooled feature
-    ``{"embedding": (B, E)}`` of a single component that has a projection, else ``None``."""
-    if len(components) != 1 or components[0] not in projections:
-        return None
-    pooled = features[components[0]].pooled
-    return {"embedding": F.normalize(projections[components[0]](pooled), dim=-1)}
-
-
 class ClampedTemperature(nn.Module):
     """A temperature parameter clamped in place to ``[low, high]`` before each use (BLIP style)."""
 
@@ -82,14 +70,13 @@ class ClampedTemperature(nn.Module):
         return self.value
 
 
-class ITC(Objective):
-    """Projects two components' pooled features and applies `contrastive_loss`.
-
-    Only samples carrying both fields take part; fewer than two such samples give a zero loss
-    that keeps the graph.
+class TwoTower(Objective):
+    """Base of the contrastive objectives between two components: the projections, the clamped
+    temperature, the online embeddings and the retrieval side they give (ITC, ITC with a queue,
+    UniVLC, COTS).
     """
 
-    def __init__(self, config: ITCSpec, dim_a: int, dim_b: int) -> None:
+    def __init__(self, config: TwoTowerSpec, dim_a: int, dim_b: int) -> None:
         super().__init__()
         self.config = config
         self.proj_a = nn.Linear(dim_a, config.embed_dim)
@@ -100,7 +87,7 @@ class ITC(Objective):
         )
 
     def embed(self, features: FeatureCache) -> tuple[Tensor, Tensor]:
-        """L2-normalised embeddings of both sides, (B, E) each."""
+        """Online L2-normalised embeddings of both sides, (B, E) each."""
         za = F.normalize(self.proj_a(features[self.config.a].pooled), dim=-1)
         zb = F.normalize(self.proj_b(features[self.config.b].pooled), dim=-1)
         return za, zb
@@ -108,9 +95,22 @@ class ITC(Objective):
     def retrieval_side(
         self, components: tuple[str, ...], features: FeatureCache
     ) -> dict[str, Tensor] | None:
-        """``{"embedding": (B, E)}`` for ``(a,)`` or ``(b,)``."""
+        """``{"embedding": (B, E)}`` of a single component, ``(a,)`` or ``(b,)``."""
         projections = {self.config.a: self.proj_a, self.config.b: self.proj_b}
-        return projected_side(projections, components, features)
+        if len(components) != 1 or components[0] not in projections:
+            return None
+        pooled = features[components[0]].pooled
+        return {"embedding": F.normalize(projections[components[0]](pooled), dim=-1)}
+
+
+class ITC(TwoTower):
+    """Projects two components' pooled features and applies `contrastive_loss`.
+
+    Only samples carrying both fields take part; fewer than two such samples give a zero loss
+    that keeps the graph.
+    """
+
+    config: ITCSpec
 
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config

@@ -40,12 +40,11 @@ from torch import Tensor, nn
 
 from modaloom.core.compose import BuildContext, FeatureCache, _default_inputs
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Objective
 from modaloom.core.momentum import FeatureQueue, MomentumCopy
 from modaloom.core.registry import Registry
 from modaloom.modalities.image import TINY_VIT
 from modaloom.modalities.text import TINY_BERT
-from modaloom.objectives.contrastive import ClampedTemperature, TwoTowerSpec, projected_side
+from modaloom.objectives.contrastive import TwoTower, TwoTowerSpec
 from modaloom.objectives.functional import (
     contrastive_loss_with_queue,
     remap_caption_labels,
@@ -120,7 +119,7 @@ def share_similarity(features: FeatureCache, a: str, b: str, logits: Tensor) -> 
     features.shared.setdefault(SIMILARITY_KEY, {})[(a, b)] = logits.detach()
 
 
-class MomentumContrast(Objective):
+class MomentumContrast(TwoTower):
     """Projections, momentum copies, queues and temperature of a momentum-queue objective.
 
     Args:
@@ -142,14 +141,7 @@ class MomentumContrast(Objective):
         queue_keys: tuple[str, ...],
         extra_queue_dims: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.proj_a = nn.Linear(dim_a, config.embed_dim)
-        self.proj_b = nn.Linear(dim_b, config.embed_dim)
-        low, high = config.temperature_range
-        self.temperature = ClampedTemperature(
-            config.temperature, low, high, config.learnable_temperature
-        )
+        super().__init__(config, dim_a, dim_b)
         self._online: dict[str, nn.Module] = dict(online)  # a plain dict: not submodules
         self.momentum = MomentumCopy(self._momentum_targets())
         dims = {"a": config.embed_dim, "b": config.embed_dim, **(extra_queue_dims or {})}
@@ -167,20 +159,6 @@ class MomentumContrast(Objective):
             "b": features.components[self.config.b],
         }
 
-    def retrieval_side(
-        self, components: tuple[str, ...], features: FeatureCache
-    ) -> dict[str, Tensor] | None:
-        """``{"embedding": (B, E)}`` of the online encoder for ``(a,)`` or ``(b,)``."""
-        projections = {self.config.a: self.proj_a, self.config.b: self.proj_b}
-        return projected_side(projections, components, features)
-
-    def embed(self, features: FeatureCache) -> tuple[Tensor, Tensor]:
-        """Online L2-normalised embeddings of both sides, (B, E) each."""
-        za = F.normalize(self.proj_a(features[self.config.a].pooled), dim=-1)
-        zb = F.normalize(self.proj_b(features[self.config.b].pooled), dim=-1)
-        return za, zb
-
-    @torch.no_grad()
     def momentum_embed(self, features: FeatureCache) -> tuple[Tensor, Tensor]:
         """Momentum L2-normalised embeddings of both sides, (B, E) each, without gradient."""
         out = []
