@@ -120,12 +120,13 @@ class RetrievalEvaluator(Evaluator):
         cfg = self.config
         query_side, target_side = tuple(cfg.query), tuple(cfg.target)
         objective = ctx.objective(cfg.objective, [query_side, target_side])
+        itm = ctx.objective(cfg.rerank, []) if cfg.rerank is not None else None
         queries, targets, groups, texts, keys = [], [], [], [], []
         pairs: list[dict[str, Tensor]] = []
         for batch in ctx.batches():
             features = ctx.features(batch)
-            if cfg.rerank is not None:
-                pairs.append(rerank_inputs(ctx.objective(cfg.rerank, []), features))
+            if itm is not None:
+                pairs.append(rerank_inputs(itm, features))
             query = objective.retrieval_side(query_side, features)
             target = objective.retrieval_side(target_side, features)
             assert query is not None and target is not None
@@ -156,8 +157,7 @@ class RetrievalEvaluator(Evaluator):
                 ),
             )
         )
-        if cfg.rerank is not None:
-            itm = ctx.objective(cfg.rerank, [])
+        if itm is not None:
             ranks = reranked_ranks(
                 itm, ctx, objective, gallery_q, gallery_t, concat_sides(pairs), ids, cfg.rerank_k
             )
