@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -15,6 +16,9 @@ from modaloom.core.demo import DEMO_PRESETS
 from modaloom.core.errors import ModaloomError
 from modaloom.core.plugins import default_registry
 from modaloom.core.spec import build_spec_class, load_spec
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 EXIT_USER_ERROR = 2
 Command = Callable[[argparse.Namespace], int]
@@ -53,6 +57,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def start_processes() -> PartialState:
+    """Join the process group a launcher (torchrun, ``accelerate launch``) set up, if any.
+
+    Returns:
+        Accelerate's state: this process's device (its GPU, else the CPU with gloo) and rank.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from modaloom.core.evaluation import format_table, run_evaluators, write_metrics
@@ -62,8 +78,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.set, registry)
     if not spec.eval:
         raise ModaloomError(f"{args.spec} has no `eval:` section; add an evaluator")
-    run = load_run(args.checkpoint, spec=spec, registry=registry)
+    state = start_processes()
+    run = load_run(args.checkpoint, spec=spec, registry=registry, device=state.device)
     metrics = run_evaluators(spec, run.model, run.processors, run.sources, registry, run.device)
+    if not state.is_main_process:  # every rank holds the same gathered metrics
+        return 0
     output = Path(args.output) if args.output else run.checkpoint / "metrics.json"
     write_metrics(output, metrics)
     print(format_table(metrics))

@@ -289,7 +289,11 @@ def iterate_source(source: Source) -> Iterator[RawSample]:
 
 
 class EvalStream(IterableDataset):
-    """Every sample once, in order, without augmentation; rank r takes batches b % world == r."""
+    """Every sample once, in order, without augmentation; rank r takes batches b % world == r.
+
+    Each batch carries its position in the source's batch order as ``__index__`` (int), so
+    results computed on different ranks can be put back in order (`gather_in_order`).
+    """
 
     def __init__(
         self, source: Source, decoder: SampleDecoder, batch_size: int, rank: int = 0, world: int = 1
@@ -318,4 +322,6 @@ class EvalStream(IterableDataset):
         rngs = [random.Random(f"eval:{index}:{i}") for i in range(len(raws))]
         decoded, skipped = self.decoder.decode_many(list(zip(raws, rngs)))
         if decoded:
-            yield self.decoder.collate(decoded, skipped)
+            batch = self.decoder.collate(decoded, skipped)
+            batch["__index__"] = index
+            yield batch

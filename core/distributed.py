@@ -19,7 +19,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["gather_no_grad", "gather_with_grad", "is_distributed", "rank", "world_size"]
+__all__ = [
+    "gather_in_order",
+    "gather_no_grad",
+    "gather_objects",
+    "gather_with_grad",
+    "is_distributed",
+    "rank",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -115,3 +123,35 @@ def gather_no_grad(x: Tensor) -> Tensor:
     if world_size() == 1:
         return x.detach()
     return _all_gather_cat(x.detach(), _gather_sizes(x.shape[0], x.device))
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` alone.
+
+    Tensors inside ``value`` should be on the CPU: they are pickled, sent and unpickled as is.
+    """
+    if world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def gather_in_order(items: list[tuple[int, Any]]) -> list[Any]:
+    """Merge every rank's ``(index, value)`` pairs into one list ordered by index.
+
+    Each index is kept once (the lowest rank's value wins), so work that two ranks both did (an
+    evenly padded split, a source that is not split by rank) is not counted twice.
+
+    Args:
+        items: this rank's pairs; indices are global (e.g. a batch's position in the source).
+
+    Returns:
+        The values of all ranks, sorted by index, without duplicate indices; the same list on
+        every rank.
+    """
+    merged: dict[int, Any] = {}
+    for part in gather_objects(items):
+        for index, value in part:
+            merged.setdefault(index, value)
+    return [merged[index] for index in sorted(merged)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from accelerate.utils import send_to_device
@@ -15,16 +15,25 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from modaloom.core import distributed
 from modaloom.core.compose import FeatureCache, LoomModel
 from modaloom.core.data import EvalStream, SampleDecoder
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
 
+T = TypeVar("T")
+
 
 @dataclass
 class EvalContext:
-    """What an evaluator gets: the model, processors and its source."""
+    """What an evaluator gets: the model, processors and its source.
+
+    In a multi-process run (torchrun, ``accelerate launch``) every rank gets a context over the
+    same source: `map_batches` gives each rank a share of the batches and returns all results
+    on every rank, and `map_shards` splits a computation over rows the same way, so evaluators
+    written with them report the metrics of a single process.
+    """
 
     model: LoomModel
     processors: dict[str, Processor]
@@ -32,15 +41,53 @@ class EvalContext:
     batch_size: int
     num_workers: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = field(default_factory=distributed.rank)
+    world: int = field(default_factory=distributed.world_size)
 
-    def batches(self) -> Iterator[Batch]:
-        """The source once, in order, decoded without augmentation, on the model's device."""
+    def _indexed_batches(self, rank: int, world: int) -> Iterator[tuple[int, Batch]]:
         decoder = SampleDecoder(self.processors, train=False)
-        stream = EvalStream(self.source, decoder, self.batch_size)
-        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+        stream = EvalStream(self.source, decoder, self.batch_size, rank, world)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            generator=torch.Generator(),  # leaves the global RNG (training's dropout) untouched
+        )
         for batch in loader:
             batch.pop("__skipped__", None)
-            yield send_to_device(batch, self.device)
+            index = int(batch.pop("__index__"))
+            yield index, send_to_device(batch, self.device)
+
+    def batches(self) -> Iterator[Batch]:
+        """This rank's batches (all of them in one process), in order, decoded without
+        augmentation, on the model's device. Use `map_batches` to get every rank's results."""
+        for _, batch in self._indexed_batches(self.rank, self.world):
+            yield batch
+
+    def map_batches(self, function: Callable[[Batch], T]) -> list[T]:
+        """``function`` of every batch of the source, in source order, on every rank.
+
+        Each rank calls ``function`` on its share of the batches (batch b on rank
+        b % world); the results are exchanged, so every rank returns the same list with each
+        batch's result once, as a single process would. Results must be picklable: keep tensors
+        on the CPU.
+        """
+        local = [(i, function(batch)) for i, batch in self._indexed_batches(self.rank, self.world)]
+        return distributed.gather_in_order(local)
+
+    def map_shards(self, total: int, function: Callable[[int, int], T]) -> list[T]:
+        """Split rows ``0..total-1`` into one contiguous shard per rank, in rank order.
+
+        Args:
+            total: number of rows (e.g. retrieval queries).
+            function: ``function(start, stop)`` computes one shard's result.
+
+        Returns:
+            Every shard's result in row order (one element per rank), on every rank.
+        """
+        bounds = [total * r // self.world for r in range(self.world + 1)]
+        local = function(bounds[self.rank], bounds[self.rank + 1])
+        return distributed.gather_in_order([(self.rank, local)])
 
     def features(self, batch: Batch) -> FeatureCache:
         """A features cache over ``batch`` (encode lazily, once per component)."""
@@ -73,8 +120,9 @@ class EvalContext:
         )
 
     def _probe_batch(self, supports: Sequence[tuple[str, ...]]) -> Batch:
+        """The source's first batch (on every rank: a rank may have no batch of its own)."""
         if not hasattr(self, "_probe"):
-            self._probe = next(self.batches())
+            self._probe = next(self._indexed_batches(rank=0, world=1))[1]
         return self._probe
 
 

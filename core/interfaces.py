@@ -7,6 +7,8 @@ Batch layout (what the data layer yields and the model consumes)::
       "__meta__": list[dict],                      # each sample's raw non-binary fields (captions,
                                                    # QA pairs, ...), for evaluators
       "__skipped__": int,                          # corrupt samples dropped while building it
+      "__index__": int,                            # evaluation only: the batch's position in
+                                                   # the source, for gathering across ranks
       "text":  {"input_ids": (B, L), "attention_mask": (B, L), "present": (B,)},
       "image": {"pixel_values": (B, 3, H, W), "present": (B,)},
       "labels": (B,) long, -1 where a sample has no class label (optional),

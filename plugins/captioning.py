@@ -22,6 +22,7 @@ from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator
 from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Batch
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
 from modaloom.modalities.text import TextProcessor
@@ -182,20 +183,24 @@ class CaptioningEvaluator(Evaluator):
         objective = text_generator(ctx, cfg.objective, for_qa=False)
         references: dict[int, list[str]] = {}
         candidates: dict[int, str] = {}
-        self.examples = []
-        for batch in ctx.batches():
+
+        def caption_batch(batch: Batch) -> list[tuple[str, list[str], str]]:
             refs = [caption_references(meta) for meta in batch["__meta__"]]
             features = ctx.features(batch)
             present = present_rows(features, condition_of(objective, cfg.group))
             rows = [row for row in present.tolist() if refs[row]]
             if not rows:
-                continue
-            for row, text in zip(rows, self.captions(ctx, objective, features, rows), strict=True):
-                index = len(references)
-                references[index], candidates[index] = refs[row], text
-                if len(self.examples) < cfg.examples:
-                    key = batch["__keys__"][row]
-                    self.examples.append({"key": key, "generated": text, "reference": refs[row][0]})
+                return []
+            texts = self.captions(ctx, objective, features, rows)
+            return [(batch["__keys__"][row], refs[row], text) for row, text in zip(rows, texts)]
+
+        captioned = [item for part in ctx.map_batches(caption_batch) for item in part]
+        references = {index: refs for index, (_, refs, _) in enumerate(captioned)}
+        candidates = {index: text for index, (_, _, text) in enumerate(captioned)}
+        self.examples = [
+            {"key": key, "generated": text, "reference": refs[0]}
+            for key, refs, text in captioned[: cfg.examples]
+        ]
         if not references:
             raise SpecError([("eval", f"{cfg.name}: no sample has a caption and its condition")])
         metrics = caption_metrics(references, candidates, cfg.meteor)

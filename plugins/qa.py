@@ -20,6 +20,7 @@ from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator
 from modaloom.core.hookspecs import hookimpl
+from modaloom.core.interfaces import Batch
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
 from modaloom.modalities.text import TextProcessor
@@ -112,9 +113,8 @@ class QAEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
         objective = text_generator(ctx, cfg.objective, for_qa=True)
-        correct = total = 0
-        self.examples = []
-        for batch in ctx.batches():
+
+        def answer_batch(batch: Batch) -> list[dict[str, str]]:
             features = ctx.features(batch)
             present = present_rows(features, condition_of(objective, cfg.group)).tolist()
             asked = [
@@ -123,15 +123,25 @@ class QAEvaluator(Evaluator):
                 for question, answer in qa_pairs(batch["__meta__"][row].get(cfg.qa_field))
             ]
             if not asked:
-                continue
+                return []
             generated = self.answers(ctx, objective, features, [(r, q) for r, q, _ in asked])
-            for (row, question, answer), text in zip(asked, generated, strict=True):
-                total += 1
-                correct += int(normalize_answer(text) == normalize_answer(str(answer)))
-                if len(self.examples) < cfg.examples:
-                    key = batch["__keys__"][row]
-                    example = {"question": question, "generated": text, "reference": str(answer)}
-                    self.examples.append({"key": key, **example})
+            return [
+                {
+                    "key": batch["__keys__"][row],
+                    "question": question,
+                    "generated": text,
+                    "reference": str(answer),
+                }
+                for (row, question, answer), text in zip(asked, generated, strict=True)
+            ]
+
+        answered = [item for part in ctx.map_batches(answer_batch) for item in part]
+        total = len(answered)
+        correct = sum(
+            normalize_answer(item["generated"]) == normalize_answer(item["reference"])
+            for item in answered
+        )
+        self.examples = answered[: cfg.examples]
         if total == 0:
             message = f"{cfg.name}: no sample has QA pairs in {cfg.qa_field!r} and its condition"
             raise SpecError([("eval", message)])

@@ -11,7 +11,7 @@ from torch import Tensor
 from modaloom.core.compose import FeatureCache
 from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Objective
+from modaloom.core.interfaces import Batch, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
 
@@ -74,7 +74,7 @@ def best_correct_ranks(
         correct = query_groups[start:stop, None] == target_groups[None, :]
         best = scores.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
         ranks.append((scores > best).sum(dim=1))
-    return torch.cat(ranks)
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
 def rank_metrics(prefix: str, ranks: Tensor) -> dict[str, float]:
@@ -116,53 +116,86 @@ class RetrievalEvaluator(Evaluator):
             for i, j in enumerate(best)
         ]
 
+    def encode(
+        self, ctx: EvalContext, objective: Objective, itm: Any, batch: Batch
+    ) -> dict[str, Any]:
+        """One batch's query and target sides (and ITM inputs), on the CPU, with its captions
+        and keys."""
+        cfg = self.config
+        features = ctx.features(batch)
+        query = objective.retrieval_side(tuple(cfg.query), features)
+        target = objective.retrieval_side(tuple(cfg.target), features)
+        assert query is not None and target is not None
+        record: dict[str, Any] = {
+            "query": {k: v.cpu() for k, v in query.items()},
+            "target": {k: v.cpu() for k, v in target.items()},
+            "pairs": rerank_inputs(itm, features) if itm is not None else None,
+            "groups": [],
+            "texts": [],
+            "keys": list(batch["__keys__"]),
+        }
+        for key, meta in zip(batch["__keys__"], batch["__meta__"], strict=True):
+            text = meta.get("text")
+            if isinstance(text, list | tuple):  # the eval processors use the first caption
+                text = text[0] if text else None
+            by_text = cfg.match_by == "text" and text is not None
+            record["groups"].append(str(text) if by_text else key)
+            record["texts"].append(str(text))
+        return record
+
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
-        query_side, target_side = tuple(cfg.query), tuple(cfg.target)
-        objective = ctx.objective(cfg.objective, [query_side, target_side])
+        objective = ctx.objective(cfg.objective, [tuple(cfg.query), tuple(cfg.target)])
         itm = ctx.objective(cfg.rerank, []) if cfg.rerank is not None else None
-        queries, targets, groups, texts, keys = [], [], [], [], []
-        pairs: list[dict[str, Tensor]] = []
-        for batch in ctx.batches():
-            features = ctx.features(batch)
-            if itm is not None:
-                pairs.append(rerank_inputs(itm, features))
-            query = objective.retrieval_side(query_side, features)
-            target = objective.retrieval_side(target_side, features)
-            assert query is not None and target is not None
-            queries.append({k: v.cpu() for k, v in query.items()})
-            targets.append({k: v.cpu() for k, v in target.items()})
-            for key, meta in zip(batch["__keys__"], batch["__meta__"], strict=True):
-                text = meta.get("text")
-                if isinstance(text, list | tuple):  # the eval processors use the first caption
-                    text = text[0] if text else None
-                groups.append(str(text) if cfg.match_by == "text" and text is not None else key)
-                texts.append(str(text))
-                keys.append(key)
-        ids = group_ids(groups)
-        gallery_q, gallery_t = concat_sides(queries), concat_sides(targets)
+        records = ctx.map_batches(lambda batch: self.encode(ctx, objective, itm, batch))
+        ids = group_ids([group for record in records for group in record["groups"]])
+        texts = [text for record in records for text in record["texts"]]
+        keys = [key for record in records for key in record["keys"]]
+        gallery_q = concat_sides([record["query"] for record in records])
+        gallery_t = concat_sides([record["target"] for record in records])
 
         self.keep_examples(objective, gallery_q, gallery_t, ids, texts, keys)
         forward = cfg.name or f"{initials(cfg.query)}2{initials(cfg.target)}"
         backward = "2".join(reversed(forward.split("2", 1)))
+        swapped = _Swapped(objective)
         metrics = rank_metrics(
             f"retrieval.{forward}",
-            best_correct_ranks(objective, gallery_q, gallery_t, ids, ids, cfg.chunk_size),
+            sharded_ranks(ctx, objective, gallery_q, gallery_t, ids, cfg.chunk_size),
         )
         metrics.update(
             rank_metrics(
                 f"retrieval.{backward}",
-                best_correct_ranks(
-                    _Swapped(objective), gallery_t, gallery_q, ids, ids, cfg.chunk_size
-                ),
+                sharded_ranks(ctx, swapped, gallery_t, gallery_q, ids, cfg.chunk_size),
             )
         )
         if itm is not None:
-            ranks = reranked_ranks(
-                itm, ctx, objective, gallery_q, gallery_t, concat_sides(pairs), ids, cfg.rerank_k
-            )
+            pairs = concat_sides([record["pairs"] for record in records])
+
+            def rerank(start: int, stop: int) -> Tensor:
+                rows = range(start, stop)
+                gallery = (gallery_q, gallery_t, pairs, ids)
+                return reranked_ranks(itm, ctx, objective, *gallery, cfg.rerank_k, rows)
+
+            ranks = torch.cat(ctx.map_shards(len(ids), rerank))
             metrics.update(rank_metrics(f"retrieval.{forward}_itm", ranks))
         return metrics
+
+
+def sharded_ranks(
+    ctx: EvalContext,
+    objective: Objective,
+    queries: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    groups: Tensor,
+    chunk_size: int,
+) -> Tensor:
+    """`best_correct_ranks` of every query, each rank scoring its own shard of the queries."""
+
+    def shard(start: int, stop: int) -> Tensor:
+        part = {key: value[start:stop] for key, value in queries.items()}
+        return best_correct_ranks(objective, part, targets, groups[start:stop], groups, chunk_size)
+
+    return torch.cat(ctx.map_shards(len(groups), shard))
 
 
 def rerank_inputs(itm: Any, features: FeatureCache) -> dict[str, Tensor]:
@@ -193,21 +226,25 @@ def reranked_ranks(
     pairs: dict[str, Tensor],
     groups: Tensor,
     k: int,
+    rows: range,
 ) -> Tensor:
     """0-based rank of the best correct target after ITM re-scoring of each query's top k.
 
     A query whose top k holds no correct target keeps its first-stage rank (>= k).
+
+    Args:
+        rows: the queries to re-rank (a shard); the result has one rank per row, (len(rows),).
     """
     decoder = ctx.model.components[itm.config.decoder]
-    first_ranks = best_correct_ranks(objective, queries, targets, groups, groups, 256)
     ranks = []
-    for index in range(len(groups)):
+    for index in rows:
         query = {key: value[index : index + 1] for key, value in queries.items()}
         first = objective.retrieval_scores(query, targets)[0].float()
         top = first.topk(min(k, first.numel())).indices
         correct = groups[top] == groups[index]
         if not bool(correct.any()):
-            ranks.append(int(first_ranks[index]))
+            best_first = first.masked_fill(groups != groups[index], float("-inf")).max()
+            ranks.append(int((first > best_first).sum()))
             continue
         device = ctx.device
         logits = itm.match_logits(
@@ -220,7 +257,7 @@ def reranked_ranks(
         score = logits.softmax(dim=1)[:, 1].cpu() + first[top]
         best = score[correct].max()
         ranks.append(int((score > best).sum()))
-    return torch.tensor(ranks)
+    return torch.tensor(ranks, dtype=torch.long)
 
 
 class _Swapped(Objective):

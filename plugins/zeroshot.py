@@ -79,15 +79,17 @@ class ZeroShotEvaluator(Evaluator):
         cfg = self.config
         objective = ctx.objective(cfg.objective, [(cfg.text,), tuple(cfg.media)])
         classes = self.class_embeddings(ctx, objective)
-        correct = total = 0
-        for batch in ctx.batches():
+
+        def count_correct(batch: Batch) -> tuple[int, int]:
             labels = self.labels(batch).to(ctx.device)
             side = objective.retrieval_side(tuple(cfg.media), ctx.features(batch))
             assert side is not None
             scores = objective.retrieval_scores(concat_sides([side]), classes)
             valid = labels >= 0
-            correct += int((scores.argmax(dim=1) == labels)[valid].sum())
-            total += int(valid.sum())
+            return int((scores.argmax(dim=1) == labels)[valid].sum()), int(valid.sum())
+
+        counts = ctx.map_batches(count_correct)
+        correct, total = sum(c for c, _ in counts), sum(t for _, t in counts)
         return {f"{cfg.name}.accuracy": correct / max(total, 1)}
 
 

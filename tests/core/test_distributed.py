@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 
 from modaloom.core.distributed import (
+    gather_in_order,
     gather_no_grad,
+    gather_objects,
     gather_with_grad,
     is_distributed,
     rank,
@@ -37,6 +39,10 @@ from modaloom.objectives.functional import contrastive_loss
 
 SIZES = (3, 4)  # uneven local batches on purpose
 TAU = 0.1
+RANK_ITEMS = (  # batch results by (index, value); both ranks hold index 2
+    [(4, "e0"), (0, "a0"), (2, "c0")],
+    [(1, "b1"), (2, "c1"), (3, "d1")],
+)
 
 
 def _global_batch() -> tuple[Tensor, Tensor, Tensor]:
@@ -90,6 +96,8 @@ def _worker(local_rank: int, port: int, out: str) -> None:
             "param_grads": [p.grad for p in params],
             "flags": gather_no_grad(labels == 1),
             "queue": _queue_after(proj_a(xa).detach(), ids=labels * 10),
+            "objects": gather_objects({"rank": local_rank}),
+            "in_order": gather_in_order(RANK_ITEMS[local_rank]),
         }
         torch.save(result, Path(out) / f"rank{local_rank}.pt")
     finally:
@@ -146,12 +154,20 @@ def test_two_rank_queues_hold_the_global_batch(two_ranks: list[dict[str, Any]]) 
             assert_close(result["queue"][key], value)
 
 
+def test_two_rank_results_are_gathered_in_order_once(two_ranks: list[dict[str, Any]]) -> None:
+    for result in two_ranks:
+        assert result["objects"] == [{"rank": 0}, {"rank": 1}]
+        assert result["in_order"] == ["a0", "b1", "c0", "d1", "e0"]  # index 2 from rank 0
+
+
 def test_single_process_helpers_are_identities() -> None:
     assert not is_distributed() and world_size() == 1 and rank() == 0
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
     gathered = gather_no_grad(x)
     assert not gathered.requires_grad and torch.equal(gathered, x)
+    assert gather_objects("x") == ["x"]
+    assert gather_in_order([(1, "b"), (0, "a"), (1, "b2")]) == ["a", "b"]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from modaloom.core.evaluation import run_evaluators
 from modaloom.core.inference import load_run
 from modaloom.core.registry import Registry
 from modaloom.core.runner import train
-from modaloom.core.spec import load_spec, resolve_tree
+from modaloom.core.spec import load_spec
+
+SmallPreset = Callable[[str], dict[str, Any]]
 
 TINY = ("valor-tiny", "omnivl-tiny", "cots-tiny")
 
@@ -27,31 +30,10 @@ def test_every_preset_validates(registry: Registry) -> None:
             load_spec(name, registry=registry)
 
 
-def small_digits(tree: dict[str, Any], cache: Path) -> dict[str, Any]:
-    """Point every digits_av source at a small build in ``cache``."""
-    for section in ("sources", "eval_sources"):
-        for source in tree["data"].get(section, {}).values():
-            if source["type"] == "digits_av":
-                source.update(cache_dir=str(cache), num_train_clips=48, num_test_clips=24)
-    tree["data"].update(batch_size=8, num_workers=0, eval_batch_size=12)
-    tree["train"].update(checkpoint_every=1000, log_every=1)
-    if "stages" in tree["train"]:
-        for stage in tree["train"]["stages"]:
-            stage["steps"] = 2
-    else:
-        tree["train"]["steps"] = 3
-    for evaluator in tree.get("eval", []):
-        evaluator.update({"num_beams": 1, "max_length": 6} if evaluator["type"] == "captioning"
-                         else {})
-    return tree
-
-
 @pytest.mark.parametrize("preset", TINY)
 def test_tiny_preset_trains_and_evaluates(preset: str, registry: Registry, tmp_path: Path,
-                                          tmp_path_factory: pytest.TempPathFactory) -> None:
-    cache = tmp_path_factory.getbasetemp() / "digits-av-small"
-    tree = small_digits(resolve_tree(preset, registry), cache)
-    spec = load_spec(tree, registry=registry)
+                                          small_preset: SmallPreset) -> None:
+    spec = load_spec(small_preset(preset), registry=registry)
     result = train(spec, tmp_path, registry=registry, show_progress=False)
     assert result.step == sum(s.steps for s in spec.train.resolved_stages())
     assert math.isfinite(result.last_loss)
@@ -64,9 +46,8 @@ def test_tiny_preset_trains_and_evaluates(preset: str, registry: Registry, tmp_p
 
 
 def test_pipeline_captions_and_answers(registry: Registry, tmp_path: Path,
-                                       tmp_path_factory: pytest.TempPathFactory) -> None:
-    cache = tmp_path_factory.getbasetemp() / "digits-av-small"
-    spec = load_spec(small_digits(resolve_tree("valor-tiny", registry), cache), registry=registry)
+                                       small_preset: SmallPreset) -> None:
+    spec = load_spec(small_preset("valor-tiny"), registry=registry)
     train(spec, tmp_path, registry=registry, show_progress=False)
     pipeline = modaloom.load(tmp_path)
     sample = build_sources(spec.data.eval_sources, registry)["test"][0]

@@ -79,7 +79,13 @@ def test_itm_rerank_moves_the_matching_target_up() -> None:
     groups = torch.arange(3)
     first = best_correct_ranks(DotObjective(), query, target, groups, groups, chunk_size=3)
     assert first.tolist() == [2, 1, 2]
-    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), query, target, pairs, groups, k=2)
+    gallery = (query, target, pairs, groups)
+    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), *gallery, k=2, rows=range(3))
     assert ranks.tolist() == [2, 0, 2]  # query 0's match is not in its top 2: rank kept
-    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), query, target, pairs, groups, k=3)
+    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), *gallery, k=3, rows=range(3))
     assert ranks.tolist() == [0, 0, 0]
+    shards = [
+        reranked_ranks(FakeITM(), ctx, DotObjective(), *gallery, k=3, rows=r)
+        for r in (range(0, 1), range(1, 3))
+    ]
+    assert torch.cat(shards).tolist() == [0, 0, 0]
