@@ -159,6 +159,27 @@ class Source(ABC):
         """Whether samples can be fetched by index (needed for exact, cheap resume)."""
         return type(self).__getitem__ is not Source.__getitem__
 
+    def split_stream(self, reader: int, readers: int, skip: int = 0) -> Iterator[RawSample] | None:
+        """One reader's own share of a streaming source, epoch after epoch, or ``None`` when the
+        source cannot be split (then every reader reads everything and keeps its share).
+
+        The shares of readers ``0..readers-1`` together hold each sample once per epoch
+        (webdataset: shards split by rank and worker). Calling this must be cheap (reading
+        starts at the first ``next``) but should raise at once what is sure to fail.
+
+        Args:
+            reader: this reader, ``rank * workers + worker slot``.
+            readers: processes x DataLoader workers.
+            skip: samples of this share to pass over first, without decoding them (resume).
+
+        Returns:
+            An endless iterator, or ``None`` (the default).
+
+        Raises:
+            DataError: the source cannot be split among ``readers`` readers.
+        """
+        return None
+
 
 def text_strings(value: Any) -> Iterator[str]:
     """Every string of a text field: a caption, a list of captions, or QA pairs

@@ -10,11 +10,14 @@ random access: member data is only read when a field is used, so a DataLoader wo
 another worker's samples reads tar headers only. Other protocols are streamed once, front to
 back (``http://`` needs no range requests).
 
-Loaders. `TrainStream` reads a streaming source through `WebDatasetSource.iter_raw` (one epoch,
-every sample, the epoch-0 shuffle; every worker reads everything and decodes its own share). A
-loader that splits shards by rank and worker uses `WebDatasetSource.stream` instead: it returns a
-`ShardStream` whose `position` (epoch, shard, sample, emitted) can be saved and passed back as
-``start`` to resume without repeats or gaps.
+Loaders. With ``split_shards: true`` (the default) `TrainStream` reads
+`WebDatasetSource.split_stream`: each (rank, worker) reader gets every ``readers``-th shard,
+epoch after epoch (each epoch reshuffled with a shuffle buffer), and resumes after a count of
+its samples (`WebDatasetSource.split_position` counts shard samples from tar headers). With
+``split_shards: false`` it reads `WebDatasetSource.iter_raw` (one epoch, every sample, the
+epoch-0 shuffle; every worker reads everything and decodes its own share).
+`WebDatasetSource.stream` returns a `ShardStream` whose `position` (epoch, shard, sample,
+emitted) can be saved and passed back as ``start`` to resume without repeats or gaps.
 
 Corrupt samples. Fields are parsed lazily; a field that cannot be read (invalid JSON, a missing
 member or JSON key, a bad label) raises `MediaDecodeError` when the data layer reads it, so
@@ -63,6 +66,11 @@ class WebDatasetSpec(SourceSpec):
     """Seed of the shard and buffer shuffles (the order is a function of seed and epoch)."""
     on_missing: Literal["skip", "raise"] = "skip"
     """A sample lacking a required field: skip it (counted like a corrupt sample) or stop."""
+    split_shards: bool = True
+    """Each process and DataLoader worker reads only its own shards (like webdataset's
+    split_by_node and split_by_worker; needs at least processes x data.num_workers shards), so
+    the stream depends on data.num_workers. ``false``: every reader reads every shard and
+    decodes only its share, which works with fewer shards than readers."""
 
     @model_validator(mode="after")
     def _check_fields(self) -> WebDatasetSpec:
@@ -184,6 +192,7 @@ class WebDatasetSource(Source):
             name: [(".".join(parts[:n]).lower(), parts[n:]) for n in range(len(parts), 0, -1)]
             for name, parts in ((name, spec.split(".")) for name, spec in config.fields.items())
         }
+        self._counts: dict[str, int] = {}
 
     def describe(self) -> str:
         """The shard list for messages: the URL, or the first one and a count."""
@@ -294,6 +303,52 @@ class WebDatasetSource(Source):
             StreamPosition(epoch=epoch), rank=rank, world=world, worker=worker, workers=workers
         )
 
+    def split_stream(self, reader: int, readers: int, skip: int = 0) -> ShardStream | None:
+        """Every ``readers``-th shard from ``reader``, epoch after epoch, past ``skip`` samples
+        (``None`` with ``split_shards: false``).
+
+        Raises:
+            DataError: fewer shards than readers.
+        """
+        if not self.config.split_shards:
+            return None
+        if len(self.urls) < readers:
+            raise DataError(
+                f"{len(self.urls)} webdataset shard(s) ({self.describe()}) cannot be split among "
+                f"{readers} readers (processes x data.num_workers) with split_shards: true; "
+                f"write at least {readers} shards, or set split_shards: false (every reader "
+                "then reads every shard) or use fewer data.num_workers"
+            )
+        start = self.split_position(reader, readers, skip) if skip else None
+        return self.stream(start, rank=reader, world=readers, loop=True)
+
+    def split_position(self, reader: int, readers: int, skip: int) -> StreamPosition:
+        """Where a reader's `split_stream` is after ``skip`` samples; counts the samples of
+        shards from their tar headers (once per shard; remote shards are streamed through),
+        so whole shards and, without a shuffle buffer, whole epochs are passed over."""
+        epoch = 0
+        while True:
+            emitted = 0
+            for index, url in enumerate(self.shard_order(epoch, reader, readers)):
+                count = self.sample_count(url)
+                if skip < emitted + count:
+                    if self.config.shuffle_buffer:  # the stream replays the epoch's buffer
+                        return StreamPosition(epoch, emitted=skip)
+                    return StreamPosition(epoch, index, skip - emitted, skip)
+                emitted += count
+            if emitted == 0:
+                return StreamPosition(epoch)  # the stream reports the empty shards
+            if self.config.shuffle_buffer:  # each epoch reads other shards
+                epoch, skip = epoch + 1, skip - emitted
+            else:  # every epoch reads the same shards
+                epoch, skip = epoch + skip // emitted, skip % emitted
+
+    def sample_count(self, url: str) -> int:
+        """Samples in one shard, from its tar headers (remembered)."""
+        if url not in self._counts:
+            self._counts[url] = sum(1 for _ in read_shard(url, ()))
+        return self._counts[url]
+
     def texts(self, limit: int | None = None) -> Iterator[str]:
         """Captions of every shard; reads only the text field's member."""
         if "text" not in self.candidates:
@@ -359,8 +414,9 @@ class ShardStream(Iterator[RawSample]):
                 self.position = StreamPosition(start.epoch, shard, index + 1, emitted)
                 yield sample
         if emitted == 0:
+            share = "" if len(shards) == len(self.source.urls) else f" (this reader's: {shards})"
             raise DataError(
-                f"webdataset shards {self.source.describe()} hold no sample; "
+                f"webdataset shards {self.source.describe()}{share} hold no sample; "
                 "check that they are tar files of samples (warnings above)"
             )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from modaloom.core.data import SampleDecoder, StreamPlan, TrainStream, make_train_loader
+from modaloom.core.data import (
+    SampleDecoder,
+    StreamPlan,
+    TrainStream,
+    make_train_loader,
+    split_sources,
+)
 from modaloom.core.errors import DataError, MediaDecodeError
 from modaloom.core.interfaces import Processor, RawSample, Source
 
@@ -140,3 +147,70 @@ def test_batch_mixing_takes_one_source_per_step() -> None:
     for _ in range(10):
         first, second = plan.next_micro_batch(), plan.next_micro_batch()
         assert len({s for s, _ in first + second}) == 1
+
+
+class Shared(Streamed):
+    """A streaming source that splits: reader r of R reads samples r, r + R, ... endlessly."""
+
+    def split_stream(self, reader: int, readers: int, skip: int = 0) -> Iterator[RawSample]:
+        share = [dict(s) for s in self.samples[reader::readers]]
+        return itertools.islice(itertools.cycle(share), skip, None)
+
+
+def shared_plan(source: Source, workers: int) -> StreamPlan:
+    return StreamPlan(
+        ["s"], [1.0], [None], 3, 3, workers=workers, split=split_sources([source], workers)
+    )
+
+
+def shared_batches(source: Source, plan: StreamPlan, workers: int) -> list[list]:
+    decoder = SampleDecoder({"text": KeyProcessor()}, train=True)
+    stream = TrainStream([source], plan, decoder, stop=7)
+    return [
+        [(k, v.tolist()) for k, v in zip(b["__keys__"], b["text"]["value"], strict=True)]
+        for b in make_train_loader(stream, workers)
+    ]
+
+
+def test_split_source_readers_resume_from_their_own_counts() -> None:
+    source = Shared(11)
+    assert split_sources([source, Streamed(3), Listed(3)], 2) == [True, False, False]
+    whole = shared_batches(source, shared_plan(source, 2), workers=2)
+    for micro, batch in enumerate(whole):  # micro-batch m comes from reader m % 2 only
+        assert {int(k[1:]) % 2 for k, _ in batch} == {micro % 2}
+    tracker = shared_plan(source, 2)
+    for _ in range(3):
+        tracker.next_micro_batch()
+    assert tracker.state_dict() == {
+        "micro": 3,
+        "cursors": [9],
+        "readers": 2,
+        "reader_cursors": [[6, 3]],
+    }
+    plan = shared_plan(source, 2)
+    plan.load_state(tracker.state_dict())
+    assert shared_batches(source, plan, workers=2) == whole[3:]
+
+
+def test_split_source_resume_needs_the_same_readers_and_split() -> None:
+    source = Shared(11)
+    saved = shared_plan(source, 2).state_dict()
+    with pytest.raises(DataError) as info:
+        shared_plan(source, 1).load_state(saved)
+    assert str(info.value) == (
+        "cannot resume the data stream: split source(s) ['s'] were read by 2 readers "
+        "(processes x DataLoader workers) and this run has 1; resume with the same "
+        "data.num_workers (2) as the checkpoint"
+    )
+    unsplit = StreamPlan(["s"], [1.0], [None], 3, 3).state_dict()
+    with pytest.raises(DataError) as info:
+        shared_plan(source, 2).load_state(unsplit)
+    assert str(info.value) == (
+        "cannot resume the data stream: the checkpoint read 's' with split_shards: false; "
+        "resume with the same split_shards"
+    )
+    with pytest.raises(DataError) as info:
+        next(iter(TrainStream([source], shared_plan(source, 2), SampleDecoder({}, True), 2)))
+    assert str(info.value) == (
+        "the plan splits sources among 2 workers per process, but the DataLoader has 1"
+    )

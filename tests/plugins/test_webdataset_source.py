@@ -6,27 +6,41 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import itertools
 import json
 import logging
+import random
 import tarfile
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import fsspec
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from modaloom.core.data import SampleDecoder, StreamPlan, TrainStream, make_train_loader
+from modaloom.core import data as core_data
+from modaloom.core.checkpoint import load_state
+from modaloom.core.data import (
+    SampleDecoder,
+    StreamPlan,
+    TrainStream,
+    make_train_loader,
+    split_sources,
+)
 from modaloom.core.errors import DataError, MediaDecodeError
-from modaloom.core.interfaces import DataContext
+from modaloom.core.interfaces import DataContext, Processor
 from modaloom.core.plugins import load_plugins
 from modaloom.core.runner import train
 from modaloom.core.spec import load_spec
 from modaloom.modalities.text import TextSpec, make_text_processor
 from modaloom.modalities.video import VideoProcessor, VideoSpec
-from modaloom.plugins import data_tools
+from modaloom.plugins import data_tools, webdataset_source
 from modaloom.plugins.data_tools import pack_manifest
 from modaloom.plugins.digits_av import dtmf_tone, encode_clip, render_frames
 from modaloom.plugins.webdataset_source import StreamPosition, WebDatasetSource, WebDatasetSpec
@@ -342,3 +356,178 @@ def test_texts_reads_only_the_text_member(memory: str, monkeypatch) -> None:  # 
     assert list(src.texts()) == ["c0", "c1", "c2"] and 5000 not in sizes
     sizes.clear()
     assert [s["__key__"] for s in src.iter_raw()] == ["k0", "k1", "k2"] and sizes == []
+
+
+# --- split shards in the training stream ---------------------------------------------------
+
+
+class CaptionLength(Processor):
+    """A caption's length and an augmentation draw, so tensors show the sample and its rng."""
+
+    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict:
+        return {"value": torch.tensor([len(value), rng.randint(0, 10**6)])}
+
+    def collate(self, items: list) -> dict:
+        return {"value": torch.stack([i["value"] for i in items])}
+
+
+def split_plan(src: WebDatasetSource, world: int, workers: int, batch_size: int = 2) -> StreamPlan:
+    return StreamPlan(
+        ["wds"],
+        [1.0],
+        [None],
+        seed=0,
+        batch_size=batch_size,
+        group=world,
+        world=world,
+        workers=workers,
+        split=split_sources([src], world * workers),
+    )
+
+
+Batches = list[tuple[list[str], list[list[int]]]]
+
+
+def rank_batches(
+    src: WebDatasetSource, plan: StreamPlan, rank: int, stop: int, worker: int | None = None
+) -> Batches:
+    """One rank's micro-batches through a real DataLoader, or (``worker`` given) one worker's,
+    run in this process with a faked worker info."""
+    decoder = SampleDecoder({"text": CaptionLength()}, train=True)
+    stream = TrainStream([src], plan, decoder, stop=stop, rank=rank, world=plan.world)
+    batches: Any = make_train_loader(stream, plan.workers) if worker is None else stream
+    info = SimpleNamespace(id=worker, num_workers=plan.workers)
+    with pytest.MonkeyPatch.context() as patch:
+        if worker is not None:
+            patch.setattr(core_data, "get_worker_info", lambda: info)
+        return [(b["__keys__"], b["text"]["value"].tolist()) for b in batches]
+
+
+def test_split_shards_give_each_reader_only_its_own_shards(memory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    for index, shard in enumerate(caption_shards(4, 6)):
+        put(memory, f"p{index}.tar", shard)
+    src = source(f"memory://{memory}/p{{0..3}}.tar")
+    opened: list[str] = []
+    original = webdataset_source.read_shard
+
+    def spy(url: str, *args: Any) -> Any:
+        opened.append(url)
+        return original(url, *args)
+
+    monkeypatch.setattr(webdataset_source, "read_shard", spy)
+    epoch: list[str] = []
+    for rank in range(2):  # 2 ranks x 2 workers = 4 readers, one shard each
+        per_worker = []
+        for worker in range(2):
+            opened.clear()
+            batches = rank_batches(src, split_plan(src, 2, 2), rank, stop=6, worker=worker)
+            assert set(opened) == {src.urls[rank * 2 + worker]}, (rank, worker)
+            keys = [k for keys, _ in batches for k in keys]  # 3 micro-batches: one shard
+            assert len(keys) == 6 and {k[:2] for k in keys} == {f"s{rank * 2 + worker}"}
+            epoch += keys
+            per_worker.append(batches)
+        interleaved = [b for pair in zip(*per_worker, strict=True) for b in pair]
+        assert rank_batches(src, split_plan(src, 2, 2), rank, stop=6) == interleaved
+    assert sorted(epoch) == sorted(s["__key__"] for s in src.iter_raw())  # each sample once
+
+
+@pytest.mark.parametrize("shuffle", [0, 3])
+def test_split_stream_resumes_micro_batches_exactly(memory, shuffle) -> None:  # type: ignore[no-untyped-def]
+    for index, data in enumerate(caption_shards(5, 3)):  # uneven: reader 0 gets 2 shards
+        put(memory, f"p{index}.tar", data)
+    spec = WebDatasetSpec(
+        urls=f"memory://{memory}/p{{0..4}}.tar",
+        fields={"text": "json.caption"},
+        shuffle_buffer=shuffle,
+    )
+    src = WebDatasetSource(spec)
+    whole = [rank_batches(src, split_plan(src, 2, 2), rank, stop=9) for rank in range(2)]
+    for stop_after in (3, 4):  # 3: worker 0 now serves reader slot 1; 4: past an epoch
+        tracker = split_plan(src, 2, 2)
+        for _ in range(stop_after * 2):  # as the runner: every rank's micro-batches
+            tracker.next_micro_batch()
+        saved = json.loads(json.dumps(tracker.state_dict()))
+        assert saved["readers"] == 4 and sum(saved["reader_cursors"][0]) == stop_after * 4
+        for rank in range(2):
+            plan = split_plan(src, 2, 2)
+            plan.load_state(saved)
+            resumed = rank_batches(WebDatasetSource(spec), plan, rank, stop=9)
+            assert resumed == whole[rank][stop_after:]
+
+
+@pytest.mark.parametrize("shuffle", [0, 4])
+def test_split_position_skips_like_reading(memory, shuffle) -> None:  # type: ignore[no-untyped-def]
+    for index, count in enumerate([3, 0, 5, 2]):  # uneven, one empty
+        samples = [caption_sample(f"s{index}-{i}") for i in range(count)]
+        put(memory, f"p{index}.tar", tar_bytes(samples))
+    spec = WebDatasetSpec(
+        urls=f"memory://{memory}/p{{0..3}}.tar",
+        fields={"text": "json.caption"},
+        shuffle_buffer=shuffle,
+    )
+    for reader in range(2):
+        src = WebDatasetSource(spec)
+        everything = list(itertools.islice(src.split_stream(reader, 2), 40))
+        for skip in range(0, 30, 3):
+            share = WebDatasetSource(spec).split_stream(reader, 2, skip)
+            assert share is not None
+            keys = [s["__key__"] for s in itertools.islice(share, 8)]
+            assert keys == [s["__key__"] for s in everything[skip : skip + 8]], (reader, skip)
+
+
+def test_too_few_shards_to_split_names_both_fixes(memory: str) -> None:
+    for index, data in enumerate(caption_shards(2, 4)):
+        put(memory, f"p{index}.tar", data)
+    src = source(f"memory://{memory}/p{{0..1}}.tar")
+    with pytest.raises(DataError) as info:
+        split_sources([src], 4)
+    assert str(info.value) == (
+        f"2 webdataset shard(s) ('memory://{memory}/p0.tar' and 1 more) cannot be split among "
+        "4 readers (processes x data.num_workers) with split_shards: true; write at least 4 "
+        "shards, or set split_shards: false (every reader then reads every shard) or use fewer "
+        "data.num_workers"
+    )
+    unsplit = WebDatasetSource(src.config.model_copy(update={"split_shards": False}))
+    assert split_sources([unsplit], 4) == [False] and unsplit.split_stream(0, 4) is None
+
+
+def shards_spec(shards: list[Path], *overrides: str):  # type: ignore[no-untyped-def]
+    registry = load_plugins(entry_points=False)
+    spec_source = {
+        "type": "webdataset",
+        "urls": [str(p) for p in shards],
+        "fields": {"image": "image", "text": "json.text"},
+        "shuffle_buffer": 4,
+    }
+    base = [f"data.sources.train={json.dumps(spec_source)}", "data.batch_size=4"]
+    return registry, load_spec("clip-tiny", [*base, *overrides], registry)
+
+
+def test_runner_resumes_split_shards_exactly_and_only_with_the_same_workers(
+    shapes_manifest: Path, tmp_path: Path
+) -> None:
+    shards = pack_manifest(shapes_manifest, tmp_path / "shards", shard_size=24, progress=False)
+    assert len(shards) == 4
+    runs = {"whole": ["train.steps=6"], "resumed": ["train.steps=3"]}
+    for name, steps in runs.items():
+        registry, spec = shards_spec(shards, *steps, "data.num_workers=2")
+        train(spec, tmp_path / name, registry=registry, show_progress=False)
+    registry, spec = shards_spec(shards, "train.steps=6", "data.num_workers=2")
+    train(spec, tmp_path / "resumed", registry=registry, resume=True, show_progress=False)
+    final = [
+        load_file(tmp_path / run / "checkpoints" / "step-00000006" / "model.safetensors")
+        for run in runs
+    ]
+    assert final[0].keys() == final[1].keys()
+    assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
+    state, _ = load_state(tmp_path / "resumed" / "checkpoints" / "step-00000006", 0)
+    assert state["data"]["readers"] == 2  # the split path, two workers
+    assert sum(state["data"]["reader_cursors"][0]) == state["data"]["cursors"][0] == 6 * 4
+    registry, spec = shards_spec(shards, "train.steps=9", "data.num_workers=0")
+    with pytest.raises(DataError) as info:
+        train(spec, tmp_path / "resumed", registry=registry, resume=True, show_progress=False)
+    assert str(info.value) == (
+        "cannot resume the data stream: split source(s) ['train'] were read by 2 readers "
+        "(processes x DataLoader workers) and this run has 1; resume with the same "
+        "data.num_workers (2) as the checkpoint"
+    )
