@@ -3,8 +3,10 @@ renamed, so a directory named ``step-N`` is always complete.
 
 Layout of ``OUTPUT/checkpoints/step-00000050/``::
 
-    model.safetensors     weights (shared tensors stored once), momentum copies and queues included
-    state.pt              optimizer, scheduler, step, stage, data position (torch.save)
+    model.safetensors     weights (shared tensors stored once), momentum copies and queues included;
+                          full (unsharded) weights under FSDP too
+    state.pt              optimizer, scheduler, step, stage, data position (torch.save); under
+                          FSDP the full optimizer state, in the same format
     rng-rank{r}.pt        python/numpy/torch RNG states of each rank
     meta.json             step, stage, spec, modaloom version
 """
@@ -16,13 +18,16 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
+from torch import Tensor, nn
 
 from modaloom.core.errors import CheckpointError
 
@@ -75,15 +80,76 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+@dataclass
+class FullWeights:
+    """Weights gathered from a sharded model, with the names that share one tensor.
+
+    Attributes:
+        tensors: every state-dict entry, unsharded, by name.
+        shared: groups of names that are one tensor in the model (tied weights), from
+            `shared_names`; the file stores each group once, as ``save_model`` does.
+    """
+
+    tensors: dict[str, Tensor]
+    shared: Sequence[Sequence[str]] = field(default_factory=list)
+
+
+def shared_names(model: nn.Module) -> list[list[str]]:
+    """Groups (sorted, two names or more) of state-dict names that are the same tensor."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return sorted(sorted(names) for names in groups.values() if len(names) > 1)
+
+
+def save_weights(weights: FullWeights, path: Path) -> None:
+    """Write ``weights`` in ``safetensors.torch.save_model``'s format: of each shared group the
+    first name (sorted) is stored, and the metadata maps every dropped name to it.
+    """
+    tensors = dict(weights.tensors)
+    metadata: dict[str, str] = {}
+    for group in weights.shared:
+        present = [name for name in group if name in tensors]
+        for name in present[1:]:
+            metadata[name] = present[0]
+            del tensors[name]
+    save_file(
+        {name: t.contiguous() for name, t in tensors.items()},
+        str(path),
+        metadata=metadata or None,
+    )
+
+
+def read_weights(directory: Path) -> dict[str, Tensor]:
+    """Every entry of ``model.safetensors``, sorted by name, with the names ``save_model``
+    dropped as duplicates restored from the file's metadata (they share the kept tensor).
+    """
+    tensors: dict[str, Tensor] = {}
+    with safe_open(str(directory / MODEL_FILE), framework="pt") as handle:
+        for name in handle.keys():  # noqa: SIM118  (safe_open is not a mapping)
+            tensors[name] = handle.get_tensor(name)
+        dropped = handle.metadata() or {}
+    for name, kept in dropped.items():
+        if kept in tensors and name not in tensors:
+            tensors[name] = tensors[kept]
+    return dict(sorted(tensors.items()))
+
+
 def staging_dir(root: Path, step: int) -> Path:
     """Where a checkpoint is assembled before the rename (ignored by `--resume`)."""
     return root / f".tmp-{checkpoint_name(step)}"
 
 
 def write_checkpoint(
-    root: Path, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]
+    root: Path,
+    step: int,
+    model: nn.Module | FullWeights,
+    state: Mapping[str, Any],
+    meta: Mapping[str, Any],
 ) -> Path:
     """Write weights, state and meta into the staging directory and rename it (main process).
+
+    ``model`` is the unwrapped model, or under FSDP the weights gathered from its shards.
 
     Raises:
         CheckpointError: the directory cannot be written (permissions, full disk).
@@ -92,7 +158,10 @@ def write_checkpoint(
     tmp = staging_dir(root, step)
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(tmp / MODEL_FILE))
+        if isinstance(model, FullWeights):
+            save_weights(model, tmp / MODEL_FILE)
+        else:
+            save_model(model, str(tmp / MODEL_FILE))
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if final.exists():

@@ -17,6 +17,7 @@ from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_
 from tqdm.auto import tqdm
 
 from modaloom.core import checkpoint as ckpt
+from modaloom.core import fsdp
 from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import (
     SampleDecoder,
@@ -25,6 +26,7 @@ from modaloom.core.data import (
     build_processors,
     build_sources,
     make_train_loader,
+    split_sources,
 )
 from modaloom.core.errors import CheckpointError, ModaloomError, SpecError
 from modaloom.core.interfaces import Batch, Encoder, Processor, Source
@@ -65,17 +67,23 @@ class TrainResult:
 
 
 def make_accelerator(precision: str, accumulation: int) -> Accelerator:
-    """An `Accelerator` on CUDA when present, else CPU (gloo under torchrun)."""
+    """An `Accelerator` on CUDA when present, else CPU (gloo under torchrun).
+
+    FSDP or DeepSpeed come from Accelerate's own configuration (its environment variables);
+    a warning says when Accelerate ignored them (it does on CPU).
+    """
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
         raise ModaloomError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=mixed,
         gradient_accumulation_steps=accumulation,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    fsdp.check_strategy(accelerator)
+    return accelerator
 
 
 def check_writable(directory: Path) -> None:
@@ -105,6 +113,7 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     show_progress: bool = True
+    shared: list[list[str]] = field(default_factory=list)
     step: int = 0
     data_state: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
@@ -133,9 +142,9 @@ class TrainingSession:
                 f"{self.accelerator.num_processes}; resume with {saved_world} processes "
                 "(data.batch_size is per process, so the global batch would change)"
             )
-        ckpt.load_weights(self.unwrapped, latest)
+        self.load_weights(latest)
         state, rng = ckpt.load_state(latest, self.accelerator.process_index)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_optimizer(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.data_state = int(state["step"]), dict(state["data"])
         self.skipped = int(state.get("skipped", 0))
@@ -145,6 +154,20 @@ class TrainingSession:
         if self.accelerator.is_main_process:
             truncate_metrics(self.output_dir / METRICS_FILE, self.step)
         log.info("resumed from %s at step %d", latest, self.step)
+
+    def load_weights(self, latest: Path) -> None:
+        """The checkpoint's full weights, cut into this rank's shards under FSDP."""
+        if fsdp.is_fsdp(self.accelerator):
+            fsdp.load_full_model_state(self.model, ckpt.read_weights(latest), str(latest))
+        else:
+            ckpt.load_weights(self.unwrapped, latest)
+
+    def load_optimizer(self, state: dict[str, Any]) -> None:
+        """The checkpoint's full optimizer state, cut into this rank's shards under FSDP."""
+        if fsdp.is_fsdp(self.accelerator):
+            fsdp.load_full_optimizer_state(self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)
 
     # ------------------------------------------------------------------ loop
 
@@ -186,6 +209,7 @@ class TrainingSession:
         names = stage.sources or list(self.spec.data.sources)
         specs = self.spec.data.sources
         sources = [self.sources[name] for name in names]
+        world, workers = self.accelerator.num_processes, max(1, self.spec.data.num_workers)
         plan = StreamPlan(
             names=names,
             weights=[specs[n].weight for n in names],
@@ -193,12 +217,15 @@ class TrainingSession:
             seed=self.spec.train.seed * 1000 + index,
             batch_size=self.spec.data.batch_size,
             mixing=self.spec.data.mixing,
-            group=self.accelerator.num_processes,
+            group=world,
+            world=world,
+            workers=workers,
+            split=split_sources(sources, world * workers),
         )
         if self.data_state.get("stage") == stage.name:
-            plan.micro, plan.cursors = self.data_state["micro"], list(self.data_state["cursors"])
+            plan.load_state(self.data_state)
         else:
-            accum, world = self.spec.train.gradient_accumulation, self.accelerator.num_processes
+            accum = self.spec.train.gradient_accumulation
             for _ in range(done * accum * world):  # no saved position: replay the plan
                 plan.next_micro_batch()
         return sources, plan
@@ -302,13 +329,22 @@ class TrainingSession:
         return record["loss"]
 
     def save_checkpoint(self) -> None:
-        """Every rank writes its RNG state; the main rank writes the rest and renames."""
+        """Every rank writes its RNG state; the main rank writes the rest and renames.
+
+        Under FSDP every rank first takes part in gathering the full weights and optimizer
+        state onto the main process.
+        """
         acc = self.accelerator
         ckpt.write_rng(self.checkpoint_root, self.step, acc.process_index)
+        weights: LoomModel | ckpt.FullWeights = self.unwrapped
+        optimizer: dict[str, Any] | None = None
+        if fsdp.is_fsdp(acc):
+            weights = ckpt.FullWeights(fsdp.full_model_state(acc, self.model), self.shared)
+            optimizer = fsdp.full_optimizer_state(self.optimizer)
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optimizer.state_dict() if optimizer is None else optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "step": self.step,
                 "data": self.data_state,
@@ -321,7 +357,7 @@ class TrainingSession:
                 "world_size": acc.num_processes,
             }
             self.last_checkpoint = ckpt.write_checkpoint(
-                self.checkpoint_root, self.step, self.unwrapped, state, meta
+                self.checkpoint_root, self.step, weights, state, meta
             )
             ckpt.prune_checkpoints(self.checkpoint_root, self.spec.train.keep_last)
         acc.wait_for_everyone()
@@ -393,7 +429,10 @@ def setup_session(
     optimizer = make_optimizer(model, train.optimizer)
     total = sum(stage.steps for stage in train.resolved_stages())
     scheduler = make_scheduler(optimizer, total, train.scheduler)
+    shared = ckpt.shared_names(model)  # before sharding renames or splits the tensors
+    replicated = fsdp.replicate_scalar_parameters(accelerator, model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    fsdp.average_replicated_gradients(model, replicated)
     return TrainingSession(
         spec,
         output_dir,
@@ -404,6 +443,7 @@ def setup_session(
         optimizer,
         scheduler,
         show_progress,
+        shared,
     )
 
 
