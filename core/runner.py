@@ -29,6 +29,7 @@ from modaloom.core.data import (
     split_sources,
 )
 from modaloom.core.errors import CheckpointError, ModaloomError, SpecError
+from modaloom.core.evaluation import run_evaluators, write_metrics
 from modaloom.core.interfaces import Batch, Encoder, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
@@ -43,6 +44,8 @@ SPEC_FILE, METRICS_FILE, ARTIFACTS_DIR, CHECKPOINTS_DIR = (
     "artifacts",
     "checkpoints",
 )
+FINAL_METRICS_FILE = "metrics.json"
+"""Evaluator metrics of the last step (``train.eval_every``), in the run directory."""
 
 
 @dataclass
@@ -114,6 +117,10 @@ class TrainingSession:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     show_progress: bool = True
     shared: list[list[str]] = field(default_factory=list)
+    registry: Registry | None = None
+    eval_sources: dict[str, Source] = field(default_factory=dict)
+    """Sources the spec's evaluators read during training (``train.eval_every``)."""
+    last_evaluation: tuple[int, dict[str, float]] = (-1, {})
     step: int = 0
     data_state: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
@@ -188,6 +195,8 @@ class TrainingSession:
                 last_loss = self.run_stage(index, stage, first_step, bar)
             first_step += stage.steps
         bar.close()
+        if self.spec.train.eval_every is not None:
+            self.write_final_metrics(stages[-1].name)
         if (
             self.last_checkpoint is None
             or ckpt.checkpoint_name(self.step) != self.last_checkpoint.name
@@ -268,6 +277,8 @@ class TrainingSession:
             bar.update(1)
             if self.step % train.log_every == 0 or self.step == first_step + stage.steps:
                 last = self.log_metrics(stage.name, step_loss, terms, started, bar)
+            if train.eval_every is not None and self.step % train.eval_every == 0:
+                self.evaluate(stage.name)
             if self.step % train.checkpoint_every == 0:
                 self.save_checkpoint()
             step_loss = torch.zeros(())
@@ -297,6 +308,37 @@ class TrainingSession:
         for key, reason in batch.pop("__skipped__", []):
             log.warning("skipped sample %s: %s", key, reason)
             self.skipped += 1
+
+    def evaluate(self, stage: str) -> dict[str, float]:
+        """Run the spec's evaluators on every rank (each takes a share of the batches) and
+        append their metrics to metrics.jsonl as ``eval/<metric>`` (main process)."""
+        assert self.registry is not None
+        model = self.unwrapped
+        with self.accelerator.autocast():
+            metrics = run_evaluators(
+                self.spec,
+                model,
+                self.processors,
+                {**self.sources, **self.eval_sources},
+                self.registry,
+                self.accelerator.device,
+            )
+        model.train()
+        if self.accelerator.is_main_process:
+            record = {"step": self.step, "stage": stage}
+            record.update({f"eval/{name}": value for name, value in sorted(metrics.items())})
+            with (self.output_dir / METRICS_FILE).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self.last_evaluation = (self.step, metrics)
+        return metrics
+
+    def write_final_metrics(self, stage: str) -> None:
+        """Evaluate the last step (unless just done) and write metrics.json (main process)."""
+        step, metrics = self.last_evaluation
+        if step != self.step:
+            metrics = self.evaluate(stage)
+        if self.accelerator.is_main_process:
+            write_metrics(self.output_dir / FINAL_METRICS_FILE, metrics)
 
     def log_metrics(
         self,
@@ -410,11 +452,18 @@ def setup_session(
     """Build accelerator, data, model and optimizer for ``spec`` (no resume yet)."""
     train = spec.train
     accelerator = make_accelerator(train.precision, train.gradient_accumulation)
+    if train.eval_every is not None and fsdp.is_fsdp(accelerator):
+        raise ModaloomError(
+            "train.eval_every is not supported under FSDP (ranks evaluate different numbers of "
+            "batches, and a sharded model needs every rank in each forward pass); remove it "
+            "and run `modaloom eval` on the checkpoints"
+        )
     set_seed(train.seed)
     if accelerator.is_main_process:
         check_writable(output_dir)
         (output_dir / SPEC_FILE).write_text(yaml.safe_dump(spec_to_tree(spec), sort_keys=False))
     sources = build_sources(spec.data.sources, registry)
+    eval_sources = build_sources(spec.data.eval_sources, registry) if train.eval_every else {}
     artifacts = output_dir / ARTIFACTS_DIR
     with accelerator.main_process_first():
         processors = build_processors(spec.data, registry, sources, artifacts)
@@ -444,6 +493,8 @@ def setup_session(
         scheduler,
         show_progress,
         shared,
+        registry,
+        eval_sources,
     )
 
 

@@ -137,6 +137,8 @@ class ExperimentSpecBase(Spec):
                 problems.append(
                     f"eval.{index}.source names {evaluator.source!r}; add it to data.eval_sources"
                 )
+        if train.eval_every is not None and not self.eval:  # type: ignore[attr-defined]
+            problems.append("train.eval_every is set but there is no `eval:` section; add one")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -122,6 +122,10 @@ class TrainSpec(Spec):
     """Keep only the newest N checkpoints."""
     log_every: int = Field(10, gt=0)
     """Append a line to metrics.jsonl every this many steps."""
+    eval_every: int | None = Field(None, gt=0)
+    """Run the spec's ``eval:`` section every this many steps and after the last one, on every
+    rank; the metrics go to metrics.jsonl (``eval/<metric>``) and, after the last step, to
+    metrics.json in the run directory. ``null``: evaluate only with ``modaloom eval``."""
 
     @model_validator(mode="after")
     def _steps_or_stages(self) -> TrainSpec:

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import modaloom
 from modaloom.core.cli import main
+from modaloom.core.errors import SpecError
+from modaloom.core.evaluation import run_evaluators
+from modaloom.core.inference import load_run
 from modaloom.core.runner import train
 from modaloom.core.spec import load_spec
 
@@ -72,3 +76,45 @@ def test_load_embeds_and_scores(trained, shapes_manifest: Path) -> None:  # type
 def test_load_reports_a_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(modaloom.ModaloomError, match="no complete checkpoint in"):
         modaloom.load(tmp_path)
+
+
+def test_eval_every_logs_metrics_and_leaves_training_unchanged(  # type: ignore[no-untyped-def]
+    registry, shapes_manifest: Path, tmp_path: Path
+) -> None:
+    """Evaluating every 4 steps logs ``eval/*`` lines at steps 4, 8 and the last (10), writes
+    metrics.json, and does not change training: the weights equal a run without evaluation
+    (evaluation draws nothing from the training RNGs and restores train mode)."""
+    base = [
+        f"data.sources.train.path={shapes_manifest}",
+        "train.steps=10",
+        "train.log_every=5",
+        f"data.eval_sources={{test: {{type: jsonl, path: {shapes_manifest}}}}}",
+        "eval=[{type: retrieval, source: test}]",
+        "data.num_workers=1",
+    ]
+    plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
+    train(load_spec("clip-tiny", base, registry), plain, registry=registry, show_progress=False)
+    spec = load_spec("clip-tiny", [*base, "train.eval_every=4"], registry)
+    train(spec, evaluated, registry=registry, show_progress=False)
+
+    lines = [json.loads(line) for line in (evaluated / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval/retrieval.t2v.r1" in line]
+    assert [line["step"] for line in evals] == [4, 8, 10]
+    final = json.loads((evaluated / "metrics.json").read_text())
+    assert {f"eval/{k}": v for k, v in final.items()} == {
+        k: v for k, v in evals[-1].items() if k.startswith("eval/")
+    }
+    run = load_run(evaluated, spec=spec, registry=registry)
+    assert final == run_evaluators(spec, run.model, run.processors, run.sources, registry)
+    checkpoint = Path("checkpoints") / "step-00000010" / "model.safetensors"
+    ref, got = load_file(plain / checkpoint), load_file(evaluated / checkpoint)
+    assert all(torch.equal(ref[name], got[name]) for name in ref)
+
+
+def test_eval_every_without_eval_section_is_a_spec_error(registry, shapes_manifest) -> None:  # type: ignore[no-untyped-def]
+    overrides = [f"data.sources.train.path={shapes_manifest}", "train.eval_every=5"]
+    with pytest.raises(SpecError) as info:
+        load_spec("clip-tiny", overrides, registry)
+    assert str(info.value).splitlines()[-1] == (
+        "  spec: train.eval_every is set but there is no `eval:` section; add one"
+    )
