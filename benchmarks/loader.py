@@ -30,8 +30,9 @@ import time
 
 import torch
 
-from modaloom.core.data import SampleDecoder, StreamPlan, TrainStream, make_train_loader
+from modaloom.core.data import SampleDecoder
 from modaloom.core.interfaces import DataContext, Processor, Source
+from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader
 from modaloom.modalities.audio import AudioSpec, make_audio_processor
 from modaloom.modalities.text import TextSpec, make_text_processor
 from modaloom.modalities.video import VideoSpec, make_video_processor

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from modaloom.core import runner as runner_module
-from modaloom.core.data import SampleDecoder, StreamPlan, TrainStream
+from modaloom.core.data import SampleDecoder
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.plugins import load_plugins
 from modaloom.core.spec import load_spec
+from modaloom.core.stream import StreamPlan, TrainStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_shapes

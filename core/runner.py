@@ -19,15 +19,7 @@ from tqdm.auto import tqdm
 from modaloom.core import checkpoint as ckpt
 from modaloom.core import fsdp
 from modaloom.core.compose import LoomModel, build_model
-from modaloom.core.data import (
-    SampleDecoder,
-    StreamPlan,
-    TrainStream,
-    build_processors,
-    build_sources,
-    make_train_loader,
-    split_sources,
-)
+from modaloom.core.data import SampleDecoder, build_processors, build_sources
 from modaloom.core.errors import CheckpointError, ModaloomError, SpecError
 from modaloom.core.evaluation import run_evaluators, write_metrics
 from modaloom.core.interfaces import Batch, Encoder, Processor, Source
@@ -35,6 +27,7 @@ from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
 from modaloom.core.spec import spec_to_tree
 from modaloom.core.spec_models import StageSpec
+from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from modaloom.core.data import (
-    SampleDecoder,
-    StreamPlan,
-    TrainStream,
-    make_train_loader,
-    split_sources,
-)
+from modaloom.core.data import SampleDecoder
 from modaloom.core.errors import DataError, MediaDecodeError
 from modaloom.core.interfaces import Processor, RawSample, Source
+from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 
 
 class KeyProcessor(Processor):

@@ -24,20 +24,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modaloom.core import data as core_data
+from modaloom.core import stream as core_stream
 from modaloom.core.checkpoint import load_state
-from modaloom.core.data import (
-    SampleDecoder,
-    StreamPlan,
-    TrainStream,
-    make_train_loader,
-    split_sources,
-)
+from modaloom.core.data import SampleDecoder
 from modaloom.core.errors import DataError, MediaDecodeError
 from modaloom.core.interfaces import DataContext, Processor
 from modaloom.core.plugins import load_plugins
 from modaloom.core.runner import train
 from modaloom.core.spec import load_spec
+from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 from modaloom.modalities.text import TextSpec, make_text_processor
 from modaloom.modalities.video import VideoProcessor, VideoSpec
 from modaloom.plugins import data_tools, webdataset_source
@@ -399,7 +394,7 @@ def rank_batches(
     info = SimpleNamespace(id=worker, num_workers=plan.workers)
     with pytest.MonkeyPatch.context() as patch:
         if worker is not None:
-            patch.setattr(core_data, "get_worker_info", lambda: info)
+            patch.setattr(core_stream, "get_worker_info", lambda: info)
         return [(b["__keys__"], b["text"]["value"].tolist()) for b in batches]
 
 
