@@ -111,14 +111,26 @@ def test_two_ranks_of_8_match_one_process_of_16(shapes_manifest: Path, tmp_path:
 def test_two_rank_resume_reproduces_uninterrupted_run(
     shapes_manifest: Path, tmp_path: Path
 ) -> None:
+    """Also evaluates during training (``train.eval_every``), gathered over both ranks: the
+    evaluations are redone after the resume and match too."""
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    args = train_args(shapes_manifest, uninterrupted, "data.batch_size=8")
+    evaluate = (
+        f"data.eval_sources={{test: {{type: jsonl, path: {shapes_manifest}}}}}",
+        "eval=[{type: retrieval, source: test}]",
+        "train.eval_every=8",
+    )
+    args = train_args(shapes_manifest, uninterrupted, "data.batch_size=8", *evaluate)
     launch(args, 2)
     shutil.copytree(uninterrupted, resumed)
     shutil.rmtree(resumed / "checkpoints" / f"step-{STEPS:08d}")  # as if killed before the end
-    launch([*train_args(shapes_manifest, resumed, "data.batch_size=8"), "--resume"], 2)
+    (resumed / "metrics.json").unlink()
+    args = train_args(shapes_manifest, resumed, "data.batch_size=8", *evaluate)
+    launch([*args, "--resume"], 2)
 
     assert read_metrics(resumed) == read_metrics(uninterrupted)  # steps 11..20 were redone
+    evaluated = [m["step"] for m in read_metrics(resumed) if "eval/retrieval.t2v.r1" in m]
+    assert evaluated == [8, 16, 20]
+    assert (resumed / "metrics.json").read_text() == (uninterrupted / "metrics.json").read_text()
     ref, got = final_weights(uninterrupted), final_weights(resumed)
     assert ref.keys() == got.keys()
     for name in ref:
