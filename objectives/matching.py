@@ -18,15 +18,20 @@ Where the similarities come from (the papers use the in-batch ITC similarities):
    on the cached pooled features and divided by its temperature;
 3. else uniform over the allowed negatives (logged as ``hard_negatives: 0``).
 
-Choices the papers leave open: negatives are drawn from the local batch only (OmniVL's
-``negative_all_rank`` gathers them from every rank) [I]; ITM runs on label data too (as OmniVL's
-code does) [I]; fewer than two usable pairs, or no negative at all, give a zero loss that keeps
-the graph (training on positives alone would only bias the head).
+With ``negatives_from: all_ranks`` (OmniVL's ``negative_all_rank``, used for retrieval
+fine-tuning) the negatives are drawn from the global batch of every process: texts, masks and
+embeddings are gathered without gradient and visual tokens with it (`gather_with_grad`), so a
+negative drawn from another process sends its gradient back there.
+
+Choices the papers leave open: negatives come from the local batch by default [I]; ITM runs on
+label data too (as OmniVL's code does) [I]; fewer than two usable pairs, or no negative at all,
+give a zero loss that keeps the graph (training on positives alone would only bias the head).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, cast
 
 import torch
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
@@ -61,6 +67,11 @@ class ITMSpec(ObjectiveSpec):
     """Batch key of (B,) class labels: same-label pairs are never negatives (``null``: off)."""
     ids: str | None = None
     """Batch key of (B,) sample ids: same-id pairs are never negatives."""
+    negatives_from: Literal["batch", "all_ranks"] = "batch"
+    """``batch``: negatives come from this process's batch. ``all_ranks``: from the global batch
+    of every process (OmniVL/BLIP retrieval fine-tuning, ``negative_all_rank``); similarities
+    then come from a contrastive objective's ``embed`` (uniform without one), and visual tokens
+    drawn from another process carry their gradient back to it."""
 
 
 class ITM(Objective):
@@ -107,6 +118,16 @@ class ITM(Objective):
 
     def _from_embedding(self, features: FeatureCache) -> Tensor | None:
         """(B, B) visual-to-text logits from another objective's ``embed``, if one matches."""
+        found = self.embeddings(features)
+        if found is None:
+            return None
+        visual, text, temperature = found
+        return visual @ text.T / temperature
+
+    @torch.no_grad()
+    def embeddings(self, features: FeatureCache) -> tuple[Tensor, Tensor, Tensor | float] | None:
+        """``(visual (B, E), text (B, E), temperature)`` from another objective's ``embed``
+        naming the same two components, or ``None`` when the model has none."""
         wanted = (self.config.vision, self.config.text)
         for objective in features.model.objectives:
             config = getattr(objective, "config", None)
@@ -119,8 +140,7 @@ class ITM(Objective):
             za, zb = embed(features)
             tau = getattr(objective, "temperature", None)  # read, never called: it clamps in place
             temperature = tau.value.detach() if isinstance(tau, ClampedTemperature) else 1.0
-            logits = za @ zb.T / temperature
-            return logits if pair == wanted else logits.T
+            return (za, zb, temperature) if pair == wanted else (zb, za, temperature)
         return None
 
     def sample_pairs(self, features: FeatureCache, rows: Tensor) -> tuple[Tensor, Tensor, bool]:
@@ -161,34 +181,155 @@ class ITM(Objective):
         )
         return self.head(hidden[:, 0])  # type: ignore[no-any-return]
 
+    def local_pairs(self, features: FeatureCache, rows: Tensor) -> MatchPairs:
+        """The B positive pairs and the negatives drawn from this process's batch."""
+        visual = features[self.config.vision]
+        if rows.numel() >= 2:
+            text_index, visual_index, hard = self.sample_pairs(features, rows)
+        else:  # a single pair (or none): positives only
+            text_index = visual_index = torch.arange(rows.numel(), device=rows.device)
+            hard = False
+        text = features.batch[features.model.input_field(self.config.decoder, features.batch)]
+        return MatchPairs(
+            text["input_ids"][rows][text_index],
+            text["attention_mask"][rows][text_index],
+            visual.sequence[rows][visual_index],
+            visual_mask(visual.sequence, visual.mask)[rows][visual_index],
+            rows.numel(),
+            hard,
+            zero_loss_like(visual.sequence),
+        )
+
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
         visual = features[cfg.vision]
         new = visual.sequence.new_tensor
         rows = (features.present(cfg.vision) & features.present(cfg.decoder)).nonzero()[:, 0]
-        text_index, visual_index, hard = (
-            self.sample_pairs(features, rows) if rows.numel() >= 2 else (rows, rows, False)
-        )
-        negatives = text_index.numel() - rows.numel()
-        metrics = {"negatives": new(float(negatives)), "hard_negatives": new(float(hard))}
+        if cfg.negatives_from == "all_ranks" and world_size() > 1:
+            pairs = global_pairs(self, features, rows)
+        else:
+            pairs = self.local_pairs(features, rows)
+        negatives = pairs.input_ids.shape[0] - pairs.positives
+        metrics = {"negatives": new(float(negatives)), "hard_negatives": new(float(pairs.hard))}
         if negatives == 0:  # fewer than two pairs, or a batch of one class
-            loss = zero_loss_like(visual.sequence, *self.head.parameters())
+            loss = zero_loss_like(visual.sequence, *self.head.parameters()) + pairs.anchor
             return {"itm_loss": loss, "itm_accuracy": new(0.0), **metrics}
-        text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
-        sequence = visual.sequence[rows][visual_index]
-        sequence_mask = visual.mask[rows][visual_index] if visual.mask is not None else None
         logits = self.match_logits(
             decoder_of(features, cfg.decoder),
-            text["input_ids"][rows][text_index],
-            text["attention_mask"][rows][text_index],
-            sequence,
-            sequence_mask,
+            pairs.input_ids,
+            pairs.attention_mask,
+            pairs.visual,
+            pairs.visual_mask,
         )
-        targets = torch.zeros(text_index.numel(), dtype=torch.long, device=logits.device)
-        targets[: rows.numel()] = 1
-        loss = F.cross_entropy(logits, targets)
+        targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        targets[: pairs.positives] = 1
+        loss = F.cross_entropy(logits, targets) + pairs.anchor
         accuracy = (logits.argmax(dim=1) == targets).float().mean()
         return {"itm_loss": loss, "itm_accuracy": accuracy.detach(), **metrics}
+
+
+@dataclass
+class MatchPairs:
+    """Text-visual pairs for the ITM head, the positives first."""
+
+    input_ids: Tensor
+    """(n, L) decoder text ids."""
+    attention_mask: Tensor
+    """(n, L)."""
+    visual: Tensor
+    """(n, N, D) visual tokens."""
+    visual_mask: Tensor
+    """(n, N)."""
+    positives: int
+    """The first ``positives`` pairs match; the rest are negatives."""
+    hard: bool
+    """Whether contrastive similarities drove the sampling."""
+    anchor: Tensor
+    """A zero added to the loss that keeps every gathered tensor in the graph, so each
+    process's backward pass joins the same collectives."""
+
+
+def visual_mask(sequence: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, N) mask of the visual tokens: ``mask``, or all ones."""
+    return mask if mask is not None else sequence.new_ones(sequence.shape[:2], dtype=torch.long)
+
+
+def global_pairs(itm: ITM, features: FeatureCache, rows: Tensor) -> MatchPairs:
+    """The B local positive pairs, and negatives drawn from every process's batch.
+
+    Each local text gets a visual sample from the global batch and each local visual sample a
+    global text, never its own pair or a same-label / same-id sample of any process. Every
+    process calls the same gathers in the same order (a process with no usable pair too).
+    """
+    cfg = itm.config
+    visual = features[cfg.vision]
+    text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
+    width = global_max(text["input_ids"].shape[1], rows.device)
+    input_ids = pad_width(text["input_ids"][rows], width)
+    attention = pad_width(text["attention_mask"][rows], width)
+    sequence = visual.sequence[rows]
+    mask = visual_mask(visual.sequence, visual.mask)[rows]
+    world_sequence = gather_with_grad(sequence)  # (G, N, D)
+    world_mask, world_ids, world_attention = (
+        gather_no_grad(x) for x in (mask, input_ids, attention)
+    )
+    sim_t2v, sim_v2t, hard = global_similarity(itm, features, rows, world_sequence.shape[0])
+    neg_visual, neg_text = itm_hard_negatives(
+        sim_t2v, sim_v2t, global_positives(itm, features, rows)
+    )
+    with_visual, with_text = neg_visual >= 0, neg_text >= 0
+    return MatchPairs(
+        torch.cat([input_ids, input_ids[with_visual], world_ids[neg_text[with_text]]]),
+        torch.cat([attention, attention[with_visual], world_attention[neg_text[with_text]]]),
+        torch.cat([sequence, world_sequence[neg_visual[with_visual]], sequence[with_text]]),
+        torch.cat([mask, world_mask[neg_visual[with_visual]], mask[with_text]]),
+        rows.numel(),
+        hard,
+        zero_loss_like(world_sequence),
+    )
+
+
+def global_positives(itm: ITM, features: FeatureCache, rows: Tensor) -> Tensor:
+    """(b, G) bool: local sample i and global sample j are the same pair, label or id."""
+    local = torch.arange(rows.numel(), device=rows.device)
+    owner = gather_no_grad(torch.full_like(local, rank()))
+    index = gather_no_grad(local)
+    positive = (owner[None, :] == rank()) & (index[None, :] == local[:, None])
+    for key in (itm.config.labels, itm.config.ids):
+        value = features.batch.get(key) if key is not None else None
+        if value is None:
+            continue  # the same on every process: they run the same spec on the same fields
+        mine = torch.as_tensor(value).to(rows.device)[rows]
+        world = gather_no_grad(mine)
+        positive = positive | ((mine[:, None] == world[None, :]) & (mine[:, None] >= 0))
+    return positive
+
+
+@torch.no_grad()
+def global_similarity(
+    itm: ITM, features: FeatureCache, rows: Tensor, total: int
+) -> tuple[Tensor, Tensor, bool]:
+    """``(sim_t2v, sim_v2t, hard)``: (b, G) logits of local texts against every process's
+    visual samples and of local visual samples against every text; zeros (uniform sampling)
+    when the model has no contrastive embedding of the pair."""
+    found = itm.embeddings(features)
+    if found is None:
+        zeros = torch.zeros(rows.numel(), total, device=rows.device)
+        return zeros, zeros, False
+    visual, text, temperature = found
+    visual, text = visual[rows].float(), text[rows].float()
+    world_visual, world_text = gather_no_grad(visual), gather_no_grad(text)
+    return text @ world_visual.T / temperature, visual @ world_text.T / temperature, True
+
+
+def global_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over processes."""
+    return int(gather_no_grad(torch.tensor([value], device=device)).max())
+
+
+def pad_width(x: Tensor, width: int) -> Tensor:
+    """Zero-pad dim 1 of (b, L) token ids or masks to ``width``."""
+    return F.pad(x, (0, width - x.shape[1]))
 
 
 def make_itm(config: ITMSpec, ctx: BuildContext) -> ITM:

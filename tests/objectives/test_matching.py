@@ -150,3 +150,90 @@ def test_similarities_come_from_an_earlier_contrastive_objective() -> None:
     assert out.terms["itm/hard_negatives"].item() == 1.0
     out.loss.backward()  # reading ITC's temperature must not break its backward pass
     assert torch.isfinite(out.loss)
+
+
+# ------------------------------------------------- negatives from every rank (2 gloo processes)
+
+RANK_LABELS = ([0, 0, 0, 0], [1, 1, 1, 1])  # no allowed negative inside either local batch
+
+
+def _rank_worker(local_rank: int, port: int, directory: str, mode: str) -> None:
+    """One of two gloo processes: ITM (after ITC) on a one-label batch per rank."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=local_rank, world_size=2
+    )
+    try:
+        model = build({"type": "itc", "embed_dim": 8}, {"type": "itm", "negatives_from": mode})
+        data = batch(RANK_LABELS[local_rank])
+        data["image"]["pixel_values"] += 10.0 * local_rank  # tell the ranks' images apart
+        seen: list[Tensor] = []
+        itm = itm_of(model)
+        original = itm.match_logits
+
+        def recording(*args: Any) -> Tensor:
+            seen.append(args[3].detach())  # (n, N, D) visual tokens of every scored pair
+            return original(*args)
+
+        itm.match_logits = recording  # type: ignore[method-assign]
+        features = FeatureCache(model, data)
+        out = itm(features)
+        out["itm_loss"].backward()
+        vision_grad = sum(
+            p.grad.abs().sum()
+            for p in model.components["vision"].parameters()
+            if p.grad is not None
+        )
+        torch.save(
+            {
+                "negatives": out["negatives"].item(),
+                "loss": out["itm_loss"].item(),
+                "visual": seen[0] if seen else None,
+                "own": features["vision"].sequence.detach(),
+                "vision_grad": float(vision_grad),
+            },
+            f"{directory}/rank{local_rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_two_ranks(tmp_path: Any, mode: str) -> list[dict[str, Any]]:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), str(port), mode],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
+def test_negatives_from_all_ranks_come_from_the_other_process(tmp_path: Any) -> None:
+    """Each rank's batch has one label, so it has no negative of its own (see
+    `test_all_same_label_batch_and_single_pair_give_zero_loss_with_graph`); with
+    ``negatives_from: all_ranks`` every text and every visual sample gets one from the other
+    process, and the backward pass (which all-reduces the gathered tokens' gradient) completes."""
+    world = _run_two_ranks(tmp_path, "all_ranks")
+    for me, other in ((world[0], world[1]), (world[1], world[0])):
+        assert me["negatives"] == 2 * B and torch.isfinite(torch.tensor(me["loss"]))
+        assert_close(me["visual"][:B], me["own"])  # positives: the local pairs
+        for tokens in me["visual"][B : 2 * B]:  # a negative visual sample for each text
+            assert any(torch.equal(tokens, row) for row in other["own"])
+        assert me["vision_grad"] > 0.0
+
+
+if __name__ == "__main__":
+    import sys
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_worker, args=(int(sys.argv[2]), sys.argv[1], sys.argv[3]), nprocs=2, join=True)
