@@ -23,6 +23,7 @@ __all__ = [
     "gather_in_order",
     "gather_no_grad",
     "gather_objects",
+    "gather_padded",
     "gather_with_grad",
     "is_distributed",
     "rank",
@@ -123,6 +124,27 @@ def gather_no_grad(x: Tensor) -> Tensor:
     if world_size() == 1:
         return x.detach()
     return _all_gather_cat(x.detach(), _gather_sizes(x.shape[0], x.device))
+
+
+def gather_padded(x: Tensor, with_grad: bool = False) -> Tensor:
+    """Gather ``x`` whose dim 1 may differ across ranks (token sequences padded per batch).
+
+    Every rank's ``x`` is first zero-padded (False for bool) along dim 1 to the largest size
+    over ranks; mask the padding with a gathered mask padded the same way.
+
+    Args:
+        x: (B_local, L_local, ...).
+        with_grad: gather with `gather_with_grad` (else `gather_no_grad`).
+
+    Returns:
+        (B_global, L_max, ...); ``x`` (detached unless ``with_grad``) when not distributed.
+    """
+    if world_size() == 1:
+        return x if with_grad else x.detach()
+    width = int(gather_no_grad(torch.tensor([x.shape[1]], device=x.device)).max())
+    padding = x.new_zeros((x.shape[0], width - x.shape[1], *x.shape[2:]))
+    x = torch.cat([x, padding], dim=1)
+    return gather_with_grad(x) if with_grad else gather_no_grad(x)
 
 
 def gather_objects(value: Any) -> list[Any]:

@@ -14,9 +14,10 @@ Per group ``(text, X)`` with X one component or several (T-AV):
   clamped like ITC's; VALOR gives none [I]).
 
 Samples lacking a modality of the group leave it; a group with fewer than two samples is
-skipped; ``mga_loss`` is the mean over the groups computed (each is also logged). Negatives are
-the local batch only (token-level features of different lengths are not gathered across ranks)
-[I].
+skipped; ``mga_loss`` is the mean over the groups computed (each is also logged). With
+``gather: true`` (the default) the negatives are every rank's batch, as SPEC B1 asks of
+contrastive losses: token and frame features are padded to the longest rank's and gathered with
+gradient, and each rank scores its own rows against the global batch (`global_group_loss`).
 
 **One vector per frame / clip** (`frame_features`) from a component's `EncoderOutput`, with
 ``T`` = the component's ``tokens_per_clip`` / ``tokens_per_frame`` attribute when it has one
@@ -43,6 +44,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.distributed import gather_no_grad, gather_padded, rank, world_size
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
@@ -83,6 +85,9 @@ class MGASpec(ObjectiveSpec):
     """Score at most ``chunk_size`` x ``chunk_size`` pairs at a time (bounds peak memory)."""
     frame_pooling: FramePooling = "cls"
     """How a chunk of tokens becomes one frame / clip vector (rule 3 of the module docstring)."""
+    gather: bool = True
+    """Use every rank's batch as negatives: token and frame features are gathered with
+    gradient and each rank scores its own rows against the global batch."""
 
     @model_validator(mode="after")
     def _check(self) -> MGASpec:
@@ -243,10 +248,25 @@ class MGA(Objective):
         other, other_mask, other_logits = (
             torch.cat([p[i][rows] for p in parts], 1) for i in range(3)
         )
+        if self.config.gather and world_size() > 1:
+            return global_group_loss(
+                (text, text_mask, text_logits),
+                (other, other_mask, other_logits),
+                temperature,
+                self.config.chunk_size,
+            )
         similarity = fine_grained_similarity(
             text, text_mask, text_logits, other, other_mask, other_logits, self.config.chunk_size
         )
         return similarity_contrastive_loss(similarity, temperature)
+
+    def usable(self, rows: Tensor) -> bool:
+        """Whether a group has at least two samples (over every rank when gathering; every
+        rank then computes the group, so that they all join the same gathers)."""
+        count = rows.new_tensor([rows.numel()])
+        if self.config.gather and world_size() > 1:
+            count = gather_no_grad(count).sum()
+        return int(count) >= 2
 
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cache: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
@@ -256,7 +276,7 @@ class MGA(Objective):
         for group in self.config.groups:
             names = [group[0], *group_members(group)]
             rows = present_rows(features, names)
-            if rows.numel() < 2:
+            if not self.usable(rows):
                 continue
             for name in names:
                 if name not in cache:
@@ -269,6 +289,39 @@ class MGA(Objective):
         )
         out["temperature"] = temperature.detach()
         return out
+
+
+Side = tuple[Tensor, Tensor, Tensor]
+"""Features (b, N, C), mask (b, N) bool and weight logits (b, N) of one side of a group."""
+
+
+def global_group_loss(text: Side, other: Side, temperature: Tensor, chunk: int | None) -> Tensor:
+    """This rank's share of the symmetric InfoNCE over the global batch of every rank.
+
+    Each rank scores its b rows against the G gathered ones in both directions and sums the
+    cross-entropies scaled by ``world / G``: the ranks' mean (what DDP's gradient averaging
+    optimises, `gather_with_grad` carrying the gradient back) is the loss of one process on the
+    global batch. A rank with no row contributes zero but still joins the gathers.
+    """
+    world_text, world_other = gather_side(text), gather_side(other)
+    local = text[0].shape[0]
+    sizes = gather_no_grad(torch.tensor([local], device=text[0].device))  # (world,)
+    start = int(sizes[: rank()].sum())
+    targets = torch.arange(start, start + local, device=text[0].device)
+    t2x = fine_grained_similarity(*text, *world_other, chunk) / temperature  # (b, G)
+    x2t = fine_grained_similarity(*world_text, *other, chunk).T / temperature  # (b, G)
+    total = world_text[0].shape[0]
+    summed = F.cross_entropy(t2x, targets, reduction="sum") + F.cross_entropy(
+        x2t, targets, reduction="sum"
+    )
+    anchor = zero_loss_like(world_text[0], world_text[2], world_other[0], world_other[2])
+    return summed * world_size() / (2 * total) + anchor
+
+
+def gather_side(side: Side) -> Side:
+    """Every rank's features and weight logits (with gradient) and masks, (G, N', ...)."""
+    features, mask, logits = side
+    return gather_padded(features, True), gather_padded(mask), gather_padded(logits, True)
 
 
 def make_mga(config: MGASpec, ctx: BuildContext) -> MGA:

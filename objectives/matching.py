@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modaloom.core.compose import BuildContext, FeatureCache
-from modaloom.core.distributed import gather_no_grad, gather_with_grad, rank, world_size
+from modaloom.core.distributed import (
+    gather_no_grad,
+    gather_padded,
+    gather_with_grad,
+    rank,
+    world_size,
+)
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
@@ -264,14 +270,15 @@ def global_pairs(itm: ITM, features: FeatureCache, rows: Tensor) -> MatchPairs:
     cfg = itm.config
     visual = features[cfg.vision]
     text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
-    width = global_max(text["input_ids"].shape[1], rows.device)
-    input_ids = pad_width(text["input_ids"][rows], width)
-    attention = pad_width(text["attention_mask"][rows], width)
+    input_ids, attention = text["input_ids"][rows], text["attention_mask"][rows]
     sequence = visual.sequence[rows]
     mask = visual_mask(visual.sequence, visual.mask)[rows]
     world_sequence = gather_with_grad(sequence)  # (G, N, D)
-    world_mask, world_ids, world_attention = (
-        gather_no_grad(x) for x in (mask, input_ids, attention)
+    world_mask = gather_no_grad(mask)
+    world_ids, world_attention = gather_padded(input_ids), gather_padded(attention)  # (G, L')
+    input_ids, attention = (
+        pad_width(input_ids, world_ids.shape[1]),
+        pad_width(attention, world_ids.shape[1]),
     )
     sim_t2v, sim_v2t, hard = global_similarity(itm, features, rows, world_sequence.shape[0])
     neg_visual, neg_text = itm_hard_negatives(
@@ -320,11 +327,6 @@ def global_similarity(
     visual, text = visual[rows].float(), text[rows].float()
     world_visual, world_text = gather_no_grad(visual), gather_no_grad(text)
     return text @ world_visual.T / temperature, visual @ world_text.T / temperature, True
-
-
-def global_max(value: int, device: torch.device) -> int:
-    """The largest ``value`` over processes."""
-    return int(gather_no_grad(torch.tensor([value], device=device)).max())
 
 
 def pad_width(x: Tensor, width: int) -> Tensor:

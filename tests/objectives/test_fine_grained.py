@@ -174,3 +174,116 @@ def test_frame_features_rules() -> None:
     )
     with pytest.raises(ValueError, match="cannot split 8 tokens"):
         frame_features(_output(torch.randn(2, 8, D)), plain, video, "cls")
+
+
+# ------------------------------------------------- negatives from every rank (2 gloo processes)
+
+RANK_ROWS = ((3, 5), (2, 3))  # (samples, text tokens) per rank: uneven on purpose
+GATHER_DIM = 6
+
+
+def _global_sides() -> tuple[list[Tensor], list[Tensor]]:
+    """Every rank's (text, frames) leaves: features (b, N, C), masks (b, N), weight logits."""
+    g = torch.Generator().manual_seed(0)
+    texts, frames = [], []
+    for rows, tokens in RANK_ROWS:
+        texts.append(F.normalize(torch.randn(rows, tokens, GATHER_DIM, generator=g), dim=-1))
+        texts.append(torch.randn(rows, tokens, generator=g))
+        frames.append(F.normalize(torch.randn(rows, 4, GATHER_DIM, generator=g), dim=-1))
+        frames.append(torch.randn(rows, 4, generator=g))
+    return texts, frames
+
+
+def _side(features: Tensor, logits: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero-padded to ``width`` tokens, with the padding masked."""
+    pad = width - features.shape[1]
+    mask = torch.cat([torch.ones(features.shape[:2]), torch.zeros(features.shape[0], pad)], 1)
+    return F.pad(features, (0, 0, 0, pad)), mask.bool(), F.pad(logits, (0, pad))
+
+
+def _mga() -> MGA:
+    config = MGASpec(groups=[["text", "vision"]], embed_dim=GATHER_DIM, learnable_temperature=False)
+    return MGA(config, {"text": GATHER_DIM, "vision": GATHER_DIM})
+
+
+def _gather_worker(local_rank: int, port: int, directory: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=local_rank, world_size=2
+    )
+    try:
+        texts, frames = _global_sides()
+        leaves = [
+            t.requires_grad_()
+            for t in (
+                *texts[2 * local_rank : 2 * local_rank + 2],
+                *frames[2 * local_rank : 2 * local_rank + 2],
+            )
+        ]
+        text = _side(leaves[0], leaves[1], leaves[0].shape[1])
+        other = _side(leaves[2], leaves[3], 4)
+        mga = _mga()
+        cache = {"text": text, "vision": other}
+        rows = torch.arange(leaves[0].shape[0])
+        loss = mga.group_loss(cache, ["text", "vision"], rows, mga.temperature())
+        loss.backward()
+        torch.save(
+            {"loss": loss.detach(), "grads": [leaf.grad for leaf in leaves]},
+            f"{directory}/rank{local_rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_mga_matches_one_process_on_the_global_batch(tmp_path: Any) -> None:
+    """Two ranks (3 and 2 samples, 5 and 3 text tokens) each score their rows against the
+    gathered global batch; the ranks' mean loss is the single-process loss and every local
+    feature gets ``world_size`` times its single-process gradient (DDP then averages)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    texts, frames = _global_sides()
+    leaves = [t.requires_grad_() for t in (*texts, *frames)]
+    width = max(t.shape[1] for t in texts)
+    text_parts = [_side(leaves[i], leaves[i + 1], width) for i in (0, 2)]
+    other_parts = [_side(leaves[i], leaves[i + 1], 4) for i in (4, 6)]
+    cache = {
+        "text": tuple(torch.cat([p[i] for p in text_parts]) for i in range(3)),
+        "vision": tuple(torch.cat([p[i] for p in other_parts]) for i in range(3)),
+    }
+    mga = _mga()
+    total = sum(rows for rows, _ in RANK_ROWS)
+    loss = mga.group_loss(cache, ["text", "vision"], torch.arange(total), mga.temperature())
+    loss.backward()
+    assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
+    for rank, result in enumerate(ranks):
+        expected = [
+            leaves[2 * rank].grad,
+            leaves[2 * rank + 1].grad,
+            leaves[4 + 2 * rank].grad,
+            leaves[4 + 2 * rank + 1].grad,
+        ]
+        for got, want in zip(result["grads"], expected, strict=True):
+            assert_close(got, 2 * want)
+
+
+if __name__ == "__main__":
+    import sys
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(int(sys.argv[2]), sys.argv[1]), nprocs=2, join=True)
