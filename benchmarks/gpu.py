@@ -49,8 +49,8 @@ from modaloom.core.interfaces import Batch, Processor, RawSample, Source
 from modaloom.core.optim import make_optimizer
 from modaloom.core.plugins import load_plugins
 from modaloom.core.registry import Registry
-from modaloom.core.runner import stage_actions
 from modaloom.core.spec import load_spec
+from modaloom.core.stage_actions import stage_actions
 
 PEAK_BF16_FLOPS = (  # dense (no sparsity) bf16 tensor-core peaks; the first match wins
     ("H100 PCIe", 756e12),

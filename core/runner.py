@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,17 @@ from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_
 from tqdm.auto import tqdm
 
 from modaloom.core import checkpoint as ckpt
-from modaloom.core import fsdp
+from modaloom.core import fsdp, run_state
 from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import SampleDecoder, build_processors, build_sources
-from modaloom.core.errors import CheckpointError, ModaloomError, SpecError
+from modaloom.core.errors import CheckpointError, ModaloomError
 from modaloom.core.evaluation import run_evaluators, write_metrics
-from modaloom.core.interfaces import Batch, Encoder, Processor, Source
+from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
 from modaloom.core.spec import spec_to_tree
 from modaloom.core.spec_models import StageSpec
+from modaloom.core.stage_actions import stage_actions
 from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 
 log = logging.getLogger(__name__)
@@ -124,50 +124,20 @@ class TrainingSession:
         return self.output_dir / CHECKPOINTS_DIR
 
     @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / METRICS_FILE
+
+    @property
     def unwrapped(self) -> LoomModel:
         return self.accelerator.unwrap_model(self.model)  # type: ignore[no-any-return]
 
-    # ------------------------------------------------------------------ resume
-
     def resume(self) -> None:
         """Load the newest complete checkpoint, if any (a fresh start otherwise)."""
-        latest = ckpt.latest_checkpoint(self.checkpoint_root)
-        if latest is None:
-            log.info("no complete checkpoint in %s; starting from scratch", self.checkpoint_root)
-            return
-        saved_world = json.loads((latest / ckpt.META_FILE).read_text()).get("world_size")
-        if saved_world is not None and saved_world != self.accelerator.num_processes:
-            raise CheckpointError(  # the data position and step count assume the same world
-                f"checkpoint {latest} was written by {saved_world} process(es) and this run has "
-                f"{self.accelerator.num_processes}; resume with {saved_world} processes "
-                "(data.batch_size is per process, so the global batch would change)"
-            )
-        self.load_weights(latest)
-        state, rng = ckpt.load_state(latest, self.accelerator.process_index)
-        self.load_optimizer(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.data_state = int(state["step"]), dict(state["data"])
-        self.skipped = int(state.get("skipped", 0))
-        if rng is not None:
-            ckpt.set_rng_state(rng)
-        self.last_checkpoint = latest
-        if self.accelerator.is_main_process:
-            truncate_metrics(self.output_dir / METRICS_FILE, self.step)
-        log.info("resumed from %s at step %d", latest, self.step)
+        run_state.restore(self)
 
-    def load_weights(self, latest: Path) -> None:
-        """The checkpoint's full weights, cut into this rank's shards under FSDP."""
-        if fsdp.is_fsdp(self.accelerator):
-            fsdp.load_full_model_state(self.model, ckpt.read_weights(latest), str(latest))
-        else:
-            ckpt.load_weights(self.unwrapped, latest)
-
-    def load_optimizer(self, state: dict[str, Any]) -> None:
-        """The checkpoint's full optimizer state, cut into this rank's shards under FSDP."""
-        if fsdp.is_fsdp(self.accelerator):
-            fsdp.load_full_optimizer_state(self.optimizer, state)
-        else:
-            self.optimizer.load_state_dict(state)
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint of this step (every rank takes part)."""
+        run_state.save(self)
 
     # ------------------------------------------------------------------ loop
 
@@ -320,7 +290,7 @@ class TrainingSession:
         if self.accelerator.is_main_process:
             record = {"step": self.step, "stage": stage}
             record.update({f"eval/{name}": value for name, value in sorted(metrics.items())})
-            with (self.output_dir / METRICS_FILE).open("a") as handle:
+            with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         self.last_evaluation = (self.step, metrics)
         return metrics
@@ -358,86 +328,10 @@ class TrainingSession:
             }
         )
         if acc.is_main_process:
-            with (self.output_dir / METRICS_FILE).open("a") as handle:
+            with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         return record["loss"]
-
-    def save_checkpoint(self) -> None:
-        """Every rank writes its RNG state; the main rank writes the rest and renames.
-
-        Under FSDP every rank first takes part in gathering the full weights and optimizer
-        state onto the main process.
-        """
-        acc = self.accelerator
-        ckpt.write_rng(self.checkpoint_root, self.step, acc.process_index)
-        weights: LoomModel | ckpt.FullWeights = self.unwrapped
-        optimizer: dict[str, Any] | None = None
-        if fsdp.is_fsdp(acc):
-            weights = ckpt.FullWeights(fsdp.full_model_state(acc, self.model), self.shared)
-            optimizer = fsdp.full_optimizer_state(self.optimizer)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "optimizer": self.optimizer.state_dict() if optimizer is None else optimizer,
-                "scheduler": self.scheduler.state_dict(),
-                "step": self.step,
-                "data": self.data_state,
-                "skipped": self.skipped,
-            }
-            meta = {
-                "step": self.step,
-                "data": self.data_state,
-                "spec": spec_to_tree(self.spec),
-                "world_size": acc.num_processes,
-            }
-            self.last_checkpoint = ckpt.write_checkpoint(
-                self.checkpoint_root, self.step, weights, state, meta
-            )
-            ckpt.prune_checkpoints(self.checkpoint_root, self.spec.train.keep_last)
-        acc.wait_for_everyone()
-        self.last_checkpoint = self.checkpoint_root / ckpt.checkpoint_name(self.step)
-
-
-def stage_actions(model: LoomModel, stage: StageSpec, index: int) -> list[Callable[[], None]]:
-    """Resolve a stage's ``component.action`` names, with a spec error for unknown ones."""
-    resolved = []
-    for number, name in enumerate(stage.actions):
-        component, _, action = name.partition(".")
-        available: dict[str, Callable[[], None]] = {}
-        if component in model.components:
-            module = model.components[component]
-            available = module.stage_actions() if isinstance(module, Encoder) else {}
-        if action not in available:
-            listing = ", ".join(
-                f"{c}.{a}"
-                for c, m in model.components.items()
-                if isinstance(m, Encoder)
-                for a in m.stage_actions()
-            )
-            raise SpecError(
-                [
-                    (
-                        f"train.stages.{index}.actions.{number}",
-                        f"unknown action {name!r}; available: {listing or '(none)'}",
-                    )
-                ]
-            )
-        resolved.append(available[action])
-    return resolved
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after ``step`` by a run that was killed (they will be redone)."""
-    if not path.is_file():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
-
 
 def setup_session(
     spec: Any, output_dir: Path, registry: Registry, show_progress: bool = True
