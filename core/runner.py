@@ -257,6 +257,9 @@ class TrainingSession:
         with acc.accumulate(self.model):
             with acc.autocast():
                 output = self.model(batch)
+            # copies, not views: a term such as a temperature may share a parameter's storage,
+            # which the optimizer step below changes in place before the terms are logged
+            terms = {name: value.detach().clone() for name, value in output.terms.items()}
             acc.backward(output.loss)
             if acc.sync_gradients and train.max_grad_norm is not None:
                 acc.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
@@ -264,7 +267,7 @@ class TrainingSession:
             if acc.sync_gradients:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return output.terms, output.loss
+        return terms, output.loss
 
     def note_skipped(self, batch: Batch) -> None:
         """Log and count the corrupt samples the loader dropped from this batch."""

@@ -201,3 +201,18 @@ def test_stage_actions_are_checked_and_run(registry, shapes_manifest, tmp_path) 
     assert not torch.equal(after_a[temporal], after_a[spatial])  # stage a trained spatial only
     assert torch.equal(final[temporal], after_a[spatial])  # inflated from the trained weights
     assert torch.count_nonzero(final[prefix + "temporal.0.temporal_fc.weight"]) == 0
+
+
+def test_logged_terms_are_the_values_the_step_used(registry, shapes_manifest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The temperature term is a view of its parameter; the log must show the value used in the
+    step, not the one the optimizer step then wrote into the parameter."""
+    spec = shapes_spec(
+        registry, shapes_manifest, "train.steps=2", "train.log_every=1", "train.checkpoint_every=1"
+    )
+    train(spec, tmp_path, registry=registry, show_progress=False)
+    logged = [m["itc/temperature"] for m in read_metrics(tmp_path)]
+    weights = load_file(tmp_path / "checkpoints" / "step-00000001" / "model.safetensors")
+    (name,) = [key for key in weights if key.endswith("temperature.value")]
+    after_first_step = float(weights[name])
+    assert logged[0] == float(torch.tensor(0.07)) != after_first_step
+    assert logged[1] == after_first_step
