@@ -19,7 +19,8 @@ Choices the papers leave open:
 * **Caption pairs** carry label -1 in the batch and in the queue; each step they are renamed to
   fresh unique ids with `remap_caption_labels` (SPEC B3(d)), so stale queue entries can never
   collide with a new batch.
-* **alpha** is constant (BLIP ramps it during the first epoch; use a scheduler-free constant).
+* **alpha** is constant unless ``alpha_ramp_steps`` is set: BLIP ramps it linearly from 0
+  during the first epoch, which modaloom counts in optimizer steps (it has no epochs).
 * **Only local momentum features are candidates** besides the queue (BLIP does the same); the
   gathered global batch is what is enqueued.
 * Samples missing either modality (``present`` False) take no part and are not enqueued.
@@ -82,6 +83,10 @@ class MomentumQueueSpec(TwoTowerSpec):
 class _DistillationFields(MomentumQueueSpec):
     alpha: float = Field(0.4, ge=0.0, le=1.0)
     """Momentum-distillation weight of the soft targets (OmniVL/BLIP: 0.4; 0 = hard targets)."""
+    alpha_ramp_steps: int = Field(0, ge=0)
+    """Grow alpha linearly from 0 to ``alpha`` over this many optimizer steps (BLIP ramps it
+    over the first epoch: set the steps of one epoch); 0 = ``alpha`` from the start. The step
+    count is a buffer, so it is checkpointed and resumes exactly."""
     ids: str | None = None
     """Batch key of (B,) long sample ids (e.g. COCO image ids, -1 = none): queue entries with
     the same id are positives instead of false negatives (fine-tuning, SPEC B2)."""
@@ -211,6 +216,22 @@ class QueueContrastive(MomentumContrast):
     ) -> None:
         super().__init__(config, online, dim_a, dim_b, queue_keys)
         self.use_labels = isinstance(config, UniVLCSpec)
+        if config.alpha_ramp_steps:  # only then: checkpoints without a ramp keep their keys
+            self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long))
+
+    def alpha(self) -> float:
+        """The distillation weight of this step: ``alpha``, ramped over ``alpha_ramp_steps``."""
+        cfg = self.config
+        if not cfg.alpha_ramp_steps:
+            return cfg.alpha
+        done = int(self.optimizer_steps)
+        return cfg.alpha * min(1.0, done / cfg.alpha_ramp_steps)
+
+    def after_optimizer_step(self) -> None:
+        """EMA update of the momentum copies, and one more step of the alpha ramp."""
+        super().after_optimizer_step()
+        if self.config.alpha_ramp_steps:
+            self.optimizer_steps += 1
 
     def _batch_long(self, features: FeatureCache, key: str | None, size: int) -> Tensor | None:
         if key is None:
@@ -249,7 +270,7 @@ class QueueContrastive(MomentumContrast):
                 queue.features("a"),
                 queue.features("b"),
                 temperature,
-                alpha=cfg.alpha,
+                alpha=self.alpha(),
                 **extra,
             )
         else:
@@ -259,7 +280,10 @@ class QueueContrastive(MomentumContrast):
             ids=ids[keep] if ids is not None else None,
             labels=labels[keep] if labels is not None else None,
         )
-        return {"itc_loss": loss, "temperature": temperature.detach()}
+        out = {"itc_loss": loss, "temperature": temperature.detach()}
+        if cfg.alpha_ramp_steps:
+            out["alpha"] = temperature.new_tensor(self.alpha())
+        return out
 
 
 def make_queue_contrastive(

@@ -178,3 +178,26 @@ def test_similarity_is_shared_for_itm_and_no_pair_gives_zero_loss() -> None:
     data["text"]["present"] = torch.zeros(B, dtype=torch.bool)
     out = objective_of(model)(FeatureCache(model, data))
     assert out["itc_loss"].item() == 0.0 and out["itc_loss"].requires_grad
+
+
+def test_alpha_ramps_over_the_first_optimizer_steps_and_is_checkpointed() -> None:
+    config = ITCQueueSpec(queue_size=8, embed_dim=DIM, alpha=0.4, alpha_ramp_steps=4)
+    model = make(config)
+    objective = objective_of(model)
+    queue = queue_of(model)
+    v, t = embeddings(model, batch(0))
+    positives = torch.eye(B, B + 8, dtype=torch.bool)
+    hard_targets = blip_loss(v, t, queue.features("a"), queue.features("b"), positives, 0.0, 0.07)
+    seen, losses = [], []
+    for step in range(6):
+        out = model(batch(step))
+        losses.append(out.terms["itc_queue/itc_loss"])
+        seen.append(round(float(out.terms["itc_queue/alpha"]), 6))
+        model.after_optimizer_step()
+    assert seen == [0.0, 0.1, 0.2, 0.3, 0.4, 0.4]
+    assert_close(losses[0], hard_targets.detach())  # step 0 distils nothing (alpha 0)
+    assert int(model.state_dict()["objectives.0.optimizer_steps"]) == 6
+    assert objective.alpha() == 0.4
+    plain = make(ITCQueueSpec(queue_size=8, embed_dim=DIM, alpha=0.4))
+    assert not any("optimizer_steps" in key for key in plain.state_dict())  # keys unchanged
+    assert "itc_queue/alpha" not in plain(batch(0)).terms
