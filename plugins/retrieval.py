@@ -33,9 +33,10 @@ class RetrievalSpec(EvaluatorSpec):
     chunk_size: int = Field(512, gt=0)
     """Queries scored at once; memory grows with chunk_size x gallery size."""
     rerank: str | None = None
-    """Name of an ``itm`` objective: re-score each text query's ``rerank_k`` best targets by ITM
-    match probability + first-stage score (BLIP/OmniVL), reported as ``retrieval.<name>_itm.*``.
-    Needs a single text query component and a single visual target component."""
+    """Name of an ``itm`` objective: re-score each query's ``rerank_k`` best targets by ITM
+    match probability + first-stage score (BLIP/OmniVL), in both directions, reported as
+    ``retrieval.<name>_itm.*`` (and the reverse name). Needs a single text query component and
+    a single visual target component."""
     rerank_k: int = Field(16, gt=0)
     """Candidates per query re-scored by ITM."""
     match_by: Literal["text", "key"] = "text"
@@ -171,13 +172,15 @@ class RetrievalEvaluator(Evaluator):
         if itm is not None:
             pairs = concat_sides([record["pairs"] for record in records])
 
-            def rerank(start: int, stop: int) -> Tensor:
-                rows = range(start, stop)
-                gallery = (gallery_q, gallery_t, pairs, ids)
-                return reranked_ranks(itm, ctx, objective, *gallery, cfg.rerank_k, rows)
-
-            ranks = torch.cat(ctx.map_shards(len(ids), rerank))
-            metrics.update(rank_metrics(f"retrieval.{forward}_itm", ranks))
+            for name, text_query in ((forward, True), (backward, False)):
+                scorer, queries, targets = (
+                    (objective, gallery_q, gallery_t)
+                    if text_query
+                    else (swapped, gallery_t, gallery_q)
+                )
+                gallery = (queries, targets, pairs, ids)
+                ranks = sharded_reranks(ctx, itm, scorer, gallery, cfg.rerank_k, text_query)
+                metrics.update(rank_metrics(f"retrieval.{name}_itm", ranks))
         return metrics
 
 
@@ -196,6 +199,27 @@ def sharded_ranks(
         return best_correct_ranks(objective, part, targets, groups[start:stop], groups, chunk_size)
 
     return torch.cat(ctx.map_shards(len(groups), shard))
+
+
+def sharded_reranks(
+    ctx: EvalContext,
+    itm: Any,
+    objective: Objective,
+    gallery: tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor],
+    k: int,
+    text_query: bool,
+) -> Tensor:
+    """`reranked_ranks` of every query, each rank re-scoring its own shard of the queries.
+
+    Args:
+        gallery: ``(queries, targets, pairs, groups)`` as `reranked_ranks` takes them.
+    """
+
+    def shard(start: int, stop: int) -> Tensor:
+        rows = range(start, stop)
+        return reranked_ranks(itm, ctx, objective, *gallery, k, rows, text_query)
+
+    return torch.cat(ctx.map_shards(len(gallery[3]), shard))
 
 
 def rerank_inputs(itm: Any, features: FeatureCache) -> dict[str, Tensor]:
@@ -227,6 +251,7 @@ def reranked_ranks(
     groups: Tensor,
     k: int,
     rows: range,
+    text_query: bool = True,
 ) -> Tensor:
     """0-based rank of the best correct target after ITM re-scoring of each query's top k.
 
@@ -234,6 +259,8 @@ def reranked_ranks(
 
     Args:
         rows: the queries to re-rank (a shard); the result has one rank per row, (len(rows),).
+        text_query: texts query visual targets (else visual samples query texts); ``pairs``
+            holds sample i's text and visual tokens at row i either way.
     """
     decoder = ctx.model.components[itm.config.decoder]
     ranks = []
@@ -247,12 +274,14 @@ def reranked_ranks(
             ranks.append(int((first > best_first).sum()))
             continue
         device = ctx.device
+        query_rows = torch.full_like(top, index)
+        texts, visuals = (query_rows, top) if text_query else (top, query_rows)
         logits = itm.match_logits(
             decoder,
-            pairs["input_ids"][index].expand(len(top), -1).to(device),
-            pairs["attention_mask"][index].expand(len(top), -1).to(device),
-            pairs["visual"][top].to(device),
-            pairs["visual_mask"][top].to(device),
+            pairs["input_ids"][texts].to(device),
+            pairs["attention_mask"][texts].to(device),
+            pairs["visual"][visuals].to(device),
+            pairs["visual_mask"][visuals].to(device),
         )
         score = logits.softmax(dim=1)[:, 1].cpu() + first[top]
         best = score[correct].max()

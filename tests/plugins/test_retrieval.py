@@ -60,6 +60,17 @@ class FakeITM:
         return torch.stack([-match, match], dim=1)
 
 
+class RecordingITM(FakeITM):
+    """Records the (text ids, visual tokens) of every call, as sample indices."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Tensor, Tensor]] = []
+
+    def match_logits(self, decoder, input_ids, attention_mask, visual, visual_mask):  # type: ignore[no-untyped-def]
+        self.calls.append((input_ids[:, 0].clone(), visual[:, 0, 0].long()))
+        return super().match_logits(decoder, input_ids, attention_mask, visual, visual_mask)
+
+
 def test_itm_rerank_moves_the_matching_target_up() -> None:
     from types import SimpleNamespace
 
@@ -89,3 +100,11 @@ def test_itm_rerank_moves_the_matching_target_up() -> None:
         for r in (range(0, 1), range(1, 3))
     ]
     assert torch.cat(shards).tolist() == [0, 0, 0]
+    # visual queries against texts: the query's visual tokens meet each candidate text
+    recorder = RecordingITM()
+    ranks = reranked_ranks(recorder, ctx, DotObjective(), *gallery, 2, range(3), False)
+    assert ranks.tolist() == [2, 0, 2]
+    ((texts, visuals),) = recorder.calls  # only query 1 has its match in its top 2
+    assert visuals.tolist() == [1, 1] and sorted(texts.tolist()) == [0, 1]
+    ranks = reranked_ranks(FakeITM(), ctx, DotObjective(), *gallery, 3, range(3), False)
+    assert ranks.tolist() == [0, 0, 0]
