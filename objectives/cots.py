@@ -49,7 +49,6 @@ from modaloom.objectives.queue_contrastive import (
     TINY_IMAGE_TEXT,
     MomentumContrast,
     MomentumQueueSpec,
-    share_similarity,
 )
 
 __all__ = ["AMF_KEEP_KEY", "COTSContrast", "COTSContrastSpec"]
@@ -98,12 +97,7 @@ class COTSContrast(MomentumContrast):
 
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
-        self.remember(features)
-        present = self.present(features)
-        za, zb = self.embed(features)
-        temperature = self.temperature()
-        share_similarity(features, cfg.a, cfg.b, za @ zb.T / temperature)
-        za_hat, zb_hat = self.momentum_embed(features)
+        present, za, zb, za_hat, zb_hat, temperature = self.step_embeddings(features)
         pair_similarity = (za_hat * zb_hat).sum(dim=1)
         queue = self.queue_for(features)
         queue_full = queue.is_full

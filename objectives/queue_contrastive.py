@@ -32,7 +32,7 @@ For ITM's hard negatives the online in-batch logits are published in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,23 @@ def share_similarity(features: FeatureCache, a: str, b: str, logits: Tensor) -> 
     features.shared.setdefault(SIMILARITY_KEY, {})[(a, b)] = logits.detach()
 
 
+class StepEmbeddings(NamedTuple):
+    """What `MomentumContrast.step_embeddings` returns."""
+
+    present: Tensor
+    """(B,) bool: samples carrying both modalities."""
+    za: Tensor
+    """(B, E) online embeddings of ``a``."""
+    zb: Tensor
+    """(B, E) online embeddings of ``b``."""
+    za_hat: Tensor
+    """(B, E) momentum embeddings of ``a`` (no gradient)."""
+    zb_hat: Tensor
+    """(B, E) momentum embeddings of ``b`` (no gradient)."""
+    temperature: Tensor
+    """The clamped temperature (0-d)."""
+
+
 class MomentumContrast(TwoTower):
     """Projections, momentum copies, queues and temperature of a momentum-queue objective.
 
@@ -182,6 +199,20 @@ class MomentumContrast(TwoTower):
         queue = self.queues[key]
         assert isinstance(queue, FeatureQueue)
         return queue
+
+    def step_embeddings(self, features: FeatureCache) -> StepEmbeddings:
+        """This step's online and momentum embeddings and the clamped temperature.
+
+        Also remembers the online components for `after_optimizer_step` and publishes the
+        in-batch logits for ITM (`share_similarity`): what every momentum-queue objective does
+        before its own loss.
+        """
+        self.remember(features)
+        za, zb = self.embed(features)
+        temperature = self.temperature()
+        share_similarity(features, self.config.a, self.config.b, za @ zb.T / temperature)
+        za_hat, zb_hat = self.momentum_embed(features)
+        return StepEmbeddings(self.present(features), za, zb, za_hat, zb_hat, temperature)
 
     def present(self, features: FeatureCache) -> Tensor:
         """(B,) bool: samples carrying both modalities."""
@@ -243,12 +274,7 @@ class QueueContrastive(MomentumContrast):
 
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
-        self.remember(features)
-        keep = self.present(features)
-        za, zb = self.embed(features)
-        temperature = self.temperature()
-        share_similarity(features, cfg.a, cfg.b, za @ zb.T / temperature)
-        za_hat, zb_hat = self.momentum_embed(features)
+        keep, za, zb, za_hat, zb_hat, temperature = self.step_embeddings(features)
         queue = self.queue_for(features)
         size = za.shape[0]
         labels = self._batch_long(features, cfg.labels if self.use_labels else None, size)
