@@ -290,11 +290,9 @@ class TrainingSession:
                 self.accelerator.device,
             )
         model.train()
-        if self.accelerator.is_main_process:
-            record = {"step": self.step, "stage": stage}
-            record.update({f"eval/{name}": value for name, value in sorted(metrics.items())})
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        record: dict[str, Any] = {"step": self.step, "stage": stage}
+        record.update({f"eval/{name}": value for name, value in sorted(metrics.items())})
+        self.append_metrics(record)
         self.last_evaluation = (self.step, metrics)
         return metrics
 
@@ -305,6 +303,12 @@ class TrainingSession:
             metrics = self.evaluate(stage)
         if self.accelerator.is_main_process:
             write_metrics(self.output_dir / FINAL_METRICS_FILE, metrics)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl (main process only)."""
+        if self.accelerator.is_main_process:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     def log_metrics(
         self,
@@ -330,9 +334,7 @@ class TrainingSession:
                 "elapsed_s": round(time.perf_counter() - started, 3),
             }
         )
-        if acc.is_main_process:
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        self.append_metrics(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         return record["loss"]
 
