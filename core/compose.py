@@ -10,8 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from modaloom.core.errors import SpecError
+from modaloom.core.features import FeatureCache
 from modaloom.core.interfaces import Batch, EncoderOutput, Objective, Processor
 from modaloom.core.registry import Registry
+
+__all__ = ["BuildContext", "FeatureCache", "LoomModel", "LoomOutput", "build_model"]
 
 
 @dataclass
@@ -62,31 +65,6 @@ class LoomOutput(NamedTuple):
 
     loss: Tensor
     terms: dict[str, Tensor]
-
-
-class FeatureCache:
-    """Encodes each component's input at most once per batch.
-
-    Objectives read ``features["text"]`` (an `EncoderOutput`), ``features.batch`` and
-    ``features.components``. ``features.shared`` carries per-batch results from one objective to
-    the ones after it in the spec (for example COTS's AMF keep-mask, read by MVLM).
-    """
-
-    def __init__(self, model: LoomModel, batch: Batch) -> None:
-        self.model = model
-        self.batch = batch
-        self.components = model.components
-        self.shared: dict[str, Any] = {}
-        self._cache: dict[str, EncoderOutput] = {}
-
-    def __getitem__(self, name: str) -> EncoderOutput:
-        if name not in self._cache:
-            self._cache[name] = self.model.encode(name, self.batch)
-        return self._cache[name]
-
-    def present(self, name: str) -> Tensor:
-        """(B,) bool: which samples carry the field that component ``name`` reads."""
-        return self.batch[self.model.input_field(name, self.batch)]["present"].bool()
 
 
 class LoomModel(nn.Module):

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -105,6 +105,92 @@ class Encoder(nn.Module):
     def stage_actions(self) -> dict[str, Callable[[], None]]:
         """Named in-place operations a training stage may run when it starts (``inflate``)."""
         return {}
+
+
+DecoderMode = Literal["causal", "bidirectional", "prefix"]
+"""Self-attention pattern of a text decoder: ``causal`` (j <= i), ``bidirectional`` (all real
+keys) or ``prefix`` (the first ``prefix_lengths`` tokens see each other, the rest is causal)."""
+
+
+class DecoderOutput(NamedTuple):
+    """What a `Decoder` returns.
+
+    Attributes:
+        hidden: last hidden states, (B, L, D).
+        logits: LM head scores over the vocabulary, (B, L, V).
+    """
+
+    hidden: Tensor
+    logits: Tensor
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """A text decoder component with cross-attention and an LM head (``bert_decoder``).
+
+    Objectives (LM, MGC, ITM, MGA) and generation use decoders only through this contract.
+
+    Attributes:
+        output_dim: D of its hidden states.
+        vocab_size: V of its LM head.
+        condition_dim: width C of the condition it cross-attends to.
+    """
+
+    output_dim: int
+    vocab_size: int
+    condition_dim: int
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        condition: Tensor | None = None,
+        condition_mask: Tensor | None = None,
+        mode: DecoderMode = "causal",
+        prefix_lengths: Tensor | None = None,
+    ) -> Tensor:
+        """(B, L, D) last hidden states of ``input_ids`` (B, L) attending to ``condition``
+        (B, N, C) where ``condition_mask`` (B, N) is 1; no cross-attention when ``None``."""
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        """LM head on any (..., D) hidden states -> (..., V)."""
+
+    def __call__(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        condition: Tensor | None = None,
+        condition_mask: Tensor | None = None,
+        mode: DecoderMode = "causal",
+        prefix_lengths: Tensor | None = None,
+    ) -> DecoderOutput:
+        """Hidden states (B, L, D) and LM logits (B, L, V)."""
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> EncoderOutput:
+        """The unimodal text path: bidirectional, no cross-attention; pooled = first token."""
+
+
+@runtime_checkable
+class TextCodec(Protocol):
+    """What objectives and evaluators need of the text processor (``data.text``): its special
+    token ids, vocabulary size, and decoding of generated ids back to strings."""
+
+    pad_id: int
+    vocab_size: int
+
+    def token_id(self, token: str) -> int:
+        """Id of a special token such as ``[SEP]``."""
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """(B, T) ids -> B strings, stopping at [SEP], special tokens dropped."""
+
+    def process(
+        self, value: Any, *, key: str, train: bool, rng: random.Random
+    ) -> dict[str, Tensor]:
+        """Tokenize one text value (a caption, or a QA pair as a dict)."""
+
+    def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        """Stack tokenized items into a padded batch."""
 
 
 class Objective(nn.Module):

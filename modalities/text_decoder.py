@@ -33,7 +33,7 @@ generation decoder: its own self-attention, everything else shared with ``align`
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -44,7 +44,7 @@ from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import EncoderOutput
+from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ComponentSpec
 from modaloom.modalities.text import TINY_BERT, text_vocab_size
@@ -63,24 +63,12 @@ __all__ = [
     "tie_decoder",
 ]
 
-Mode = Literal["causal", "bidirectional", "prefix"]
+
 Sharing = Literal["all_but_cross_attention", "all_but_self_attention", "none"]
 
 
-class DecoderOutput(NamedTuple):
-    """What `BertTextDecoder` returns.
-
-    Attributes:
-        hidden: last hidden states, (B, L, D).
-        logits: LM head scores over the vocabulary, (B, L, V).
-    """
-
-    hidden: Tensor
-    logits: Tensor
-
-
 def self_attention_mask(
-    attention_mask: Tensor, mode: Mode, prefix_lengths: Tensor | None = None
+    attention_mask: Tensor, mode: DecoderMode, prefix_lengths: Tensor | None = None
 ) -> Tensor:
     """Which keys each query may attend to, padding included.
 
@@ -159,7 +147,7 @@ class BertTextDecoder(nn.Module):
         attention_mask: Tensor,
         condition: Tensor | None = None,
         condition_mask: Tensor | None = None,
-        mode: Mode = "causal",
+        mode: DecoderMode = "causal",
         prefix_lengths: Tensor | None = None,
     ) -> Tensor:
         """The last hidden states, without the LM head (arguments as in `forward`): (B, L, D)."""
@@ -188,7 +176,7 @@ class BertTextDecoder(nn.Module):
         attention_mask: Tensor,
         condition: Tensor | None = None,
         condition_mask: Tensor | None = None,
-        mode: Mode = "causal",
+        mode: DecoderMode = "causal",
         prefix_lengths: Tensor | None = None,
     ) -> DecoderOutput:
         """Decode text, attending to a condition sequence.

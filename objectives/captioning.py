@@ -25,7 +25,7 @@ the first answer token; with ``qa_field: text`` it is the text batch's own ``ans
 final [SEP] included) are masked, with probability ``mask_prob`` and at least one; attention
 is bidirectional over the question prefix and causal over the answer (``mode="prefix"``).
 
-Inference (`modaloom.objectives.generation`): ``generate`` captions with greedy or beam search,
+Inference (`modaloom.core.generation`): ``generate`` captions with greedy or beam search,
 building the condition with the same `ConditionEncoder` as training; LM rows are
 ``[DEC] prompt w_1..w_t`` (the last position is read), MGC rows ``[CLS] w_1..w_t [MASK]`` (the
 [MASK] is read, causal mask). ``answer`` decodes an answer greedily after a question: MGC feeds
@@ -45,6 +45,8 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.features import Group, default_groups, group_members, group_name, present_rows
+from modaloom.core.generation import SearchOptions, decoder_step, search
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
@@ -54,14 +56,9 @@ from modaloom.modalities.image import TINY_VIT
 from modaloom.modalities.text import TINY_BERT, TextProcessor
 from modaloom.objectives.conditioning import (
     ConditionEncoder,
-    Group,
     TextTokens,
     check_decoder,
     decoder_of,
-    default_groups,
-    group_members,
-    group_name,
-    present_rows,
     text_tokens,
 )
 from modaloom.objectives.functional import (
@@ -69,7 +66,6 @@ from modaloom.objectives.functional import (
     mask_tokens_for_mlm,
     zero_loss_like,
 )
-from modaloom.objectives.generation import SearchOptions, decoder_step, search
 
 # ------------------------------------------------------------------------------ LM (B5)
 
@@ -431,7 +427,7 @@ def decode(
         options: the search options.
 
     Returns:
-        (n, T) generated ids (`modaloom.objectives.generation.search`).
+        (n, T) generated ids (`modaloom.core.generation.search`).
 
     Raises:
         ValueError: ``condition`` names a component the objective has no adapter for.

@@ -1,5 +1,5 @@
-"""Shared pieces of the text-generating objectives (LM, MGC, ITM, MVLM, MGA): modality groups,
-special token ids, the decoder lookup and the per-modality condition encoder."""
+"""Shared pieces of the text-generating objectives (LM, MGC, ITM, MVLM, MGA): special token ids,
+the decoder lookup and the per-modality condition encoder."""
 
 from __future__ import annotations
 
@@ -9,19 +9,11 @@ from typing import NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
-from modaloom.core.compose import BuildContext, FeatureCache
+from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
-from modaloom.modalities.text import TextProcessor
-from modaloom.modalities.text_decoder import BertTextDecoder
-from modaloom.objectives.generation import SearchTokens
-
-Group = tuple[str, str | list[str]]
-"""A modality group: ``(text component, other component or list of components)``."""
-
-
-def default_groups() -> list[Group]:
-    """The default single group: text with vision."""
-    return [("text", "vision")]
+from modaloom.core.features import FeatureCache
+from modaloom.core.generation import SearchTokens
+from modaloom.core.interfaces import Decoder, TextCodec
 
 
 class TextTokens(NamedTuple):
@@ -53,7 +45,7 @@ def text_tokens(ctx: BuildContext, where: str) -> TextTokens:
         SpecError: there is no text processor (``data.text``) to read them from.
     """
     processor = ctx.processors.get("text")
-    if not isinstance(processor, TextProcessor):
+    if not isinstance(processor, TextCodec):
         raise SpecError([(where, "needs the text tokenizer (data.text) for its special tokens")])
     cls, sep, mask, enc, dec = (
         processor.token_id(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[ENC]", "[DEC]")
@@ -61,28 +53,17 @@ def text_tokens(ctx: BuildContext, where: str) -> TextTokens:
     return TextTokens(processor.pad_id, cls, sep, mask, enc, dec, processor.vocab_size)
 
 
-def group_members(group: Group) -> list[str]:
-    """The non-text components of a group, as a list."""
-    other = group[1]
-    return [other] if isinstance(other, str) else list(other)
-
-
-def group_name(group: Group) -> str:
-    """A metric-friendly name such as ``text-vision+audio``."""
-    return f"{group[0]}-{'+'.join(group_members(group))}"
-
-
-def check_decoder(ctx: BuildContext, name: str, where: str) -> BertTextDecoder:
-    """The decoder component ``name``, which must be a `BertTextDecoder` (``bert_decoder``)."""
+def check_decoder(ctx: BuildContext, name: str, where: str) -> Decoder:
+    """The decoder component ``name``, which must be a `Decoder` (``bert_decoder``)."""
     decoder = ctx.component(name)
-    if not isinstance(decoder, BertTextDecoder):
+    if not isinstance(decoder, Decoder):
         raise SpecError([(where, f"component {name!r} is not a bert_decoder")])
     return decoder
 
 
-def decoder_of(features: FeatureCache, name: str) -> BertTextDecoder:
+def decoder_of(features: FeatureCache, name: str) -> Decoder:
     """The decoder component ``name`` of this model (checked when the objective was built)."""
-    return cast(BertTextDecoder, features.components[name])
+    return cast(Decoder, features.components[name])
 
 
 class ConditionEncoder(nn.Module):
@@ -126,19 +107,3 @@ class ConditionEncoder(nn.Module):
             mask = output.mask[rows] if output.mask is not None else None
             masks.append(mask if mask is not None else sequence.new_ones(sequence.shape[:2]))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1).long()
-
-
-def present_rows(features: FeatureCache, names: Sequence[str]) -> Tensor:
-    """(b,) indices of the samples carrying every component of ``names``.
-
-    Empty when the batch lacks one of their fields altogether (e.g. audio in an image batch).
-    """
-    keep: Tensor | None = None
-    for name in names:
-        try:
-            present = features.present(name)
-        except KeyError:
-            return torch.zeros(0, dtype=torch.long)
-        keep = present if keep is None else keep & present
-    assert keep is not None
-    return keep.nonzero()[:, 0]

@@ -45,19 +45,13 @@ from torch import Tensor, nn
 
 from modaloom.core.compose import BuildContext, FeatureCache
 from modaloom.core.distributed import gather_no_grad, gather_padded, rank, world_size
+from modaloom.core.features import Group, default_groups, group_members, group_name, present_rows
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
 from modaloom.modalities.text import TINY_BERT
 from modaloom.objectives.captioning import TINY_AV, TINY_GROUPS
-from modaloom.objectives.conditioning import (
-    Group,
-    default_groups,
-    group_members,
-    group_name,
-    present_rows,
-)
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.functional import fine_grained_similarity, zero_loss_like
 

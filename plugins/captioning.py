@@ -21,13 +21,12 @@ from pydantic import Field
 from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator
+from modaloom.core.features import Group, group_members, present_rows
+from modaloom.core.generation import TextGenerator
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Batch
+from modaloom.core.interfaces import Batch, TextCodec
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
-from modaloom.modalities.text import TextProcessor
-from modaloom.objectives.conditioning import Group, group_members, present_rows
-from modaloom.objectives.generation import TextGenerator
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ class CaptioningEvaluator(Evaluator):
             min_length=cfg.min_length,
         )
         processor = ctx.processors["text"]
-        assert isinstance(processor, TextProcessor)
+        assert isinstance(processor, TextCodec)
         return processor.decode(ids)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:

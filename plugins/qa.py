@@ -19,13 +19,12 @@ from torch import Tensor
 from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator
+from modaloom.core.features import Group, present_rows
+from modaloom.core.generation import TextGenerator
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Batch
+from modaloom.core.interfaces import Batch, TextCodec
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
-from modaloom.modalities.text import TextProcessor
-from modaloom.objectives.conditioning import Group, present_rows
-from modaloom.objectives.generation import TextGenerator
 from modaloom.plugins.captioning import condition_of, text_generator, tokenize_caption
 
 
@@ -44,7 +43,7 @@ def qa_pairs(value: Any) -> list[tuple[str, str]]:
     ]
 
 
-def encode_questions(processor: TextProcessor, questions: list[str]) -> tuple[Tensor, Tensor]:
+def encode_questions(processor: TextCodec, questions: list[str]) -> tuple[Tensor, Tensor]:
     """``[CLS] question [SEP]`` rows as training encodes them (truncated the same way).
 
     Returns:
@@ -97,7 +96,7 @@ class QAEvaluator(Evaluator):
     ) -> list[str]:
         """Generated answers to ``(row, question)`` pairs about the batch's samples."""
         processor = ctx.processors["text"]
-        assert isinstance(processor, TextProcessor)
+        assert isinstance(processor, TextCodec)
         ids, mask = encode_questions(processor, [question for _, question in questions])
         rows = torch.tensor([row for row, _ in questions], device=ctx.device)
         answer_ids = objective.answer(

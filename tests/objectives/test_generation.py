@@ -12,12 +12,7 @@ import torch
 from torch import Tensor
 
 from modaloom.core.compose import FeatureCache, LoomModel, build_model
-from modaloom.core.interfaces import Batch
-from modaloom.core.plugins import load_plugins
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import SPECIAL_TOKENS, TINY_BERT, TextProcessor, train_wordpiece
-from modaloom.objectives.captioning import MGC, LanguageModeling
-from modaloom.objectives.generation import (
+from modaloom.core.generation import (
     SearchOptions,
     SearchTokens,
     StepFn,
@@ -26,6 +21,11 @@ from modaloom.objectives.generation import (
     search,
     splice,
 )
+from modaloom.core.interfaces import Batch
+from modaloom.core.plugins import load_plugins
+from modaloom.modalities.image import TINY_VIT
+from modaloom.modalities.text import SPECIAL_TOKENS, TINY_BERT, TextProcessor, train_wordpiece
+from modaloom.objectives.captioning import MGC, LanguageModeling
 
 PAD, CLS, SEP, MASK, A, B, C, D = range(8)
 V = 8

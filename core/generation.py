@@ -5,7 +5,7 @@ running, ``generated`` (R, t) the tokens produced so far (t = 0 at the first ste
 ``origin`` (R,) the sample each row continues, and reads back (R, V) next-token logits. Rows
 of finished samples are not passed again, and a step indexes its per-sample tensors (the
 decoder's condition, a question prefix) with ``origin``, which is how they are expanded per
-beam. `decoder_step` builds such a step for a `BertTextDecoder`:
+beam. `decoder_step` builds such a step for any `Decoder` (the ``bert_decoder``):
 
 * OmniVL's LM (SPEC §B5): rows ``[DEC] prompt w_1..w_t``, causal, the last position is read;
 * VALOR's MGC (SPEC §A2, §B6): rows ``[CLS] w_1..w_t [MASK]``, causal, the [MASK] is read;
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from modaloom.modalities.text_decoder import BertTextDecoder, Mode
+from modaloom.core.interfaces import Decoder, DecoderMode
 
 if TYPE_CHECKING:
     from modaloom.core.compose import FeatureCache
@@ -261,8 +261,8 @@ def search(
 
 @runtime_checkable
 class TextGenerator(Protocol):
-    """An objective that generates text (``lm``, ``mgc``: see `modaloom.objectives.captioning`);
-    evaluators pick objectives by this protocol."""
+    """An objective that generates text (``lm``, ``mgc``); evaluators pick objectives by this
+    protocol."""
 
     @property
     def default_condition(self) -> list[str]:
@@ -332,14 +332,14 @@ def splice(
 
 
 def decoder_step(
-    decoder: BertTextDecoder,
+    decoder: Decoder,
     prefix: Tensor,
     lengths: Tensor,
     condition: Tensor,
     condition_mask: Tensor,
     *,
     tail: int | None,
-    mode: Mode,
+    mode: DecoderMode,
     pad: int,
 ) -> StepFn:
     """A `StepFn` running ``decoder`` on ``prefix generated [tail]`` with cross-attention.
