@@ -92,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 @command("data")
 def cmd_data(args: argparse.Namespace) -> int:
-    from modaloom.plugins.data_tools import inspect_url, pack_manifest
+    from modaloom.core.data_commands import inspect_url, pack_manifest
 
     if args.data_command == "pack":
         shards = pack_manifest(Path(args.manifest), Path(args.output), args.shard_size)

@@ -1,4 +1,5 @@
-"""Data plumbing: build sources and processors, decode samples, and the evaluation stream.
+"""Data plumbing: build sources and processors, decode samples, raw values to batches, and the
+evaluation stream.
 
 The training stream (plan, stream and loader) is in `modaloom.core.stream`.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import send_to_device
 from torch.utils.data import IterableDataset, get_worker_info
 
 from modaloom.core.errors import MediaDecodeError
@@ -53,6 +55,48 @@ def build_processors(
         config = getattr(data_spec, component.name, None)
         processors[component.name] = component.factory(config, ctx)
     return processors
+
+
+def process_values(
+    processor: Processor, values: Sequence[Any], keys: Sequence[str], rng: random.Random
+) -> list[dict[str, Any]]:
+    """Raw values of one field (as a source yields them) through its processor, without
+    augmentation (``train=False``); ``keys`` name the values in `MediaDecodeError` messages.
+
+    Raises:
+        MediaDecodeError: a value cannot be decoded.
+    """
+    return [
+        processor.process(value, key=key, train=False, rng=rng)
+        for value, key in zip(values, keys, strict=True)
+    ]
+
+
+def batch_from_values(
+    processors: Mapping[str, Processor],
+    values: Mapping[str, Sequence[Any]],
+    rng: random.Random | None = None,
+    keys: Sequence[str] | None = None,
+    device: torch.device | None = None,
+) -> Batch:
+    """A `Batch` of raw values: each field's values processed (no augmentation) and collated.
+
+    Args:
+        processors: processors by field.
+        values: per field, one raw value per sample (strings for text, bytes or paths for
+            media); every field has the same number of samples.
+        rng: shared by every processor call; ``random.Random(0)`` when omitted.
+        keys: sample keys (``__keys__``, and the processors' error keys); when omitted the
+            values are named ``<field><i>`` and ``__keys__`` is empty.
+        device: where to put the tensors (left on the CPU when omitted).
+    """
+    rng = random.Random(0) if rng is None else rng
+    batch: Batch = {"__keys__": list(keys or []), "__meta__": []}
+    for field_name, column in values.items():
+        names = keys if keys is not None else [f"{field_name}{i}" for i in range(len(column))]
+        processor = processors[field_name]
+        batch[field_name] = processor.collate(list(process_values(processor, column, names, rng)))
+    return batch if device is None else send_to_device(batch, device)  # type: ignore[no-any-return]
 
 
 @dataclass

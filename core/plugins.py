@@ -31,15 +31,15 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.objectives.captioning",
     "modaloom.objectives.fine_grained",
     "modaloom.objectives.mvlm",
-    "modaloom.plugins.manifest",
-    "modaloom.plugins.webdataset_source",
-    "modaloom.plugins.labels",
-    "modaloom.plugins.digits_av",
+    "modaloom.plugins.sources.jsonl",
+    "modaloom.plugins.sources.webdataset",
+    "modaloom.plugins.sources.labels",
+    "modaloom.plugins.sources.digits_av",
     "modaloom.plugins.presets",
-    "modaloom.plugins.retrieval",
-    "modaloom.plugins.zeroshot",
-    "modaloom.plugins.captioning",
-    "modaloom.plugins.qa",
+    "modaloom.plugins.evaluators.retrieval",
+    "modaloom.plugins.evaluators.zeroshot",
+    "modaloom.plugins.evaluators.captioning",
+    "modaloom.plugins.evaluators.qa",
 )
 
 REGISTER_HOOKS: tuple[str, ...] = (

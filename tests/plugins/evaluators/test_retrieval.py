@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from modaloom.core.interfaces import Objective
-from modaloom.plugins.retrieval import best_correct_ranks, group_ids, rank_metrics
+from modaloom.plugins.evaluators.retrieval import best_correct_ranks, group_ids, rank_metrics
 
 
 class DotObjective(Objective):
@@ -74,7 +74,7 @@ class RecordingITM(FakeITM):
 def test_itm_rerank_moves_the_matching_target_up() -> None:
     from types import SimpleNamespace
 
-    from modaloom.plugins.retrieval import reranked_ranks
+    from modaloom.plugins.evaluators.retrieval import reranked_ranks
 
     scores = torch.tensor([[0.1, 0.3, 0.2], [0.5, 0.4, 0.0], [0.9, 0.8, 0.1]])
     query, target = {"embedding": scores}, {"embedding": torch.eye(3)}

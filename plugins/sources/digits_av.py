@@ -36,10 +36,10 @@ from pydantic import Field
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source
 from modaloom.core.registry import Registry
+from modaloom.core.shards import write_shards
 from modaloom.core.spec_models import SourceSpec
-from modaloom.plugins.data_tools import write_shards
-from modaloom.plugins.labels import InMemorySource, LabelSource
-from modaloom.plugins.webdataset_source import WebDatasetSource, WebDatasetSpec
+from modaloom.plugins.sources.labels import InMemorySource, LabelSource
+from modaloom.plugins.sources.webdataset import WebDatasetSource, WebDatasetSpec
 
 VERSION = "v1"
 MARKER = "digits-av.json"
@@ -327,7 +327,7 @@ class DigitsAvSpec(SourceSpec):
     cache_dir: str | None = None
     """Where the set is built; ``~/.cache/modaloom/digits-av/<version>-<seed>`` by default."""
     label_offset: int | None = Field(None, ge=0)
-    """First label id of the label part (see `modaloom.plugins.labels`)."""
+    """First label id of the label part (see `modaloom.plugins.sources.labels`)."""
 
 
 CLIP_FIELDS = {

@@ -33,7 +33,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import SourceSpec
-from modaloom.plugins.manifest import JsonlSource, JsonlSpec
+from modaloom.plugins.sources.jsonl import JsonlSource, JsonlSpec
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Batch, TextCodec
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import EvaluatorSpec
-from modaloom.plugins.captioning import condition_of, text_generator, tokenize_caption
+from modaloom.plugins.evaluators.captioning import condition_of, text_generator, tokenize_caption
 
 
 def normalize_answer(text: str) -> str:

@@ -5,7 +5,7 @@ A shard is a tar file whose consecutive members sharing a key form one sample:
 everything after the first dot of the file name). ``fields`` maps each sample field to a member,
 with dotted access into JSON members: ``{video: mp4, audio: mp4, text: json.caption, label: cls}``.
 
-Reading (`modaloom.plugins.data_tools.read_shard`). Local and ``memory://`` shards are read by
+Reading (`modaloom.core.shards.read_shard`). Local and ``memory://`` shards are read by
 random access: member data is only read when a field is used, so a DataLoader worker that skips
 another worker's samples reads tar headers only. Other protocols are streamed once, front to
 back (``http://`` needs no range requests).
@@ -40,9 +40,9 @@ from modaloom.core.errors import DataError, MediaDecodeError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source, text_strings
 from modaloom.core.registry import Registry
+from modaloom.core.shards import Blob, MemberRef, expand_urls, open_shard, read_shard
 from modaloom.core.spec_models import SourceSpec
-from modaloom.plugins.data_tools import Blob, MemberRef, expand_urls, open_shard, read_shard
-from modaloom.plugins.shard_stream import ShardStream, StreamPosition
+from modaloom.plugins.sources.shard_stream import ShardStream, StreamPosition
 
 log = logging.getLogger(__name__)
 

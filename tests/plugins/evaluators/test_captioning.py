@@ -18,17 +18,18 @@ from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext
 from modaloom.core.interfaces import Processor
 from modaloom.core.registry import Registry
-from modaloom.modalities.image import TINY_VIT, ImageProcessor, ImageSpec
-from modaloom.modalities.text import TINY_BERT, TextProcessor, train_wordpiece
-from modaloom.plugins import captioning
-from modaloom.plugins.captioning import (
+from modaloom.modalities.image import ImageProcessor, ImageSpec
+from modaloom.modalities.text import TextProcessor, train_wordpiece
+from modaloom.plugins.evaluators import captioning
+from modaloom.plugins.evaluators.captioning import (
     CaptioningEvaluator,
     CaptioningSpec,
     caption_metrics,
     caption_references,
     tokenize_caption,
 )
-from modaloom.plugins.manifest import JsonlSource, JsonlSpec
+from modaloom.plugins.sources.jsonl import JsonlSource, JsonlSpec
+from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 CAPTIONS = {
     0: "a man rides a red bike down the street",
@@ -72,7 +73,7 @@ def test_meteor_is_left_out_with_a_single_warning_without_java(
     monkeypatch.setattr(captioning.shutil, "which", lambda name: None)
     captioning._warn_no_meteor.cache_clear()
     references = {i: [c] for i, c in CAPTIONS.items()}
-    with caplog.at_level(logging.WARNING, logger="modaloom.plugins.captioning"):
+    with caplog.at_level(logging.WARNING, logger="modaloom.plugins.evaluators.captioning"):
         for _ in range(2):
             assert "meteor" not in caption_metrics(references, dict(CAPTIONS))
     assert [r.getMessage() for r in caplog.records] == [

@@ -16,7 +16,7 @@ from modaloom.core.interfaces import DataContext
 from modaloom.core.plugins import load_plugins
 from modaloom.modalities.audio import AudioSpec, make_audio_processor
 from modaloom.modalities.video import VideoSpec, make_video_processor
-from modaloom.plugins.digits_av import (
+from modaloom.plugins.sources.digits_av import (
     DIGIT_NAMES,
     DTMF,
     MARKER,
@@ -26,7 +26,7 @@ from modaloom.plugins.digits_av import (
     ensure_digits_av,
     make_digits_av_source,
 )
-from modaloom.plugins.labels import LabelSource
+from modaloom.plugins.sources.labels import LabelSource
 
 TRAIN, TEST = 40, 20
 

@@ -24,9 +24,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modaloom.core import shards
 from modaloom.core import stream as core_stream
 from modaloom.core.checkpoint import load_state
 from modaloom.core.data import SampleDecoder
+from modaloom.core.data_commands import pack_manifest
 from modaloom.core.errors import DataError, MediaDecodeError
 from modaloom.core.interfaces import DataContext, Processor
 from modaloom.core.plugins import load_plugins
@@ -35,10 +37,9 @@ from modaloom.core.spec import load_spec
 from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 from modaloom.modalities.text import TextSpec, make_text_processor
 from modaloom.modalities.video import VideoProcessor, VideoSpec
-from modaloom.plugins import data_tools, webdataset_source
-from modaloom.plugins.data_tools import pack_manifest
-from modaloom.plugins.digits_av import dtmf_tone, encode_clip, render_frames
-from modaloom.plugins.webdataset_source import StreamPosition, WebDatasetSource, WebDatasetSpec
+from modaloom.plugins.sources import webdataset as webdataset_source
+from modaloom.plugins.sources.digits_av import dtmf_tone, encode_clip, render_frames
+from modaloom.plugins.sources.webdataset import StreamPosition, WebDatasetSource, WebDatasetSpec
 
 Members = dict[str, bytes]
 
@@ -341,13 +342,13 @@ def test_texts_reads_only_the_text_member(memory: str, monkeypatch) -> None:  # 
     samples = [(f"k{i}", {"mp4": bytes(5000), "json": b'{"caption": "c%d"}' % i}) for i in range(3)]
     src = source(put(memory, "a.tar", tar_bytes(samples)), video="mp4", text="json.caption")
     sizes: list[int] = []
-    original = data_tools.MemberRef.read
+    original = shards.MemberRef.read
 
     def spy(self, key: str) -> bytes:  # type: ignore[no-untyped-def]
         sizes.append(self.size)
         return original(self, key)
 
-    monkeypatch.setattr(data_tools.MemberRef, "read", spy)
+    monkeypatch.setattr(shards.MemberRef, "read", spy)
     assert list(src.texts()) == ["c0", "c1", "c2"] and 5000 not in sizes
     sizes.clear()
     assert [s["__key__"] for s in src.iter_raw()] == ["k0", "k1", "k2"] and sizes == []

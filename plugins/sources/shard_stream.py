@@ -12,7 +12,7 @@ from modaloom.core.errors import DataError
 from modaloom.core.interfaces import RawSample
 
 if TYPE_CHECKING:
-    from modaloom.plugins.webdataset_source import LazySample, WebDatasetSource
+    from modaloom.plugins.sources.webdataset import LazySample, WebDatasetSource
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Built-in presets: every YAML file in plugins/presets/ is a named spec."""
+"""Built-in presets: every YAML file in this folder (plugins/presets/) is a named spec."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.registry import Registry
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parent
 
 
 def read_preset(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from modaloom.core.interfaces import DataContext, Processor
 from modaloom.core.plugins import load_plugins
 from modaloom.modalities.image import ImageSpec, make_image_processor
 from modaloom.modalities.text import TextSpec, make_text_processor
-from modaloom.plugins.labels import (
+from modaloom.plugins.sources.labels import (
     InMemorySource,
     LabelSource,
     LabelsSpec,

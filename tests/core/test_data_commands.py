@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from modaloom.core.data_commands import inspect_url, pack_manifest
 from modaloom.core.errors import DataError
 from modaloom.core.interfaces import DataContext
 from modaloom.modalities.image import ImageSpec, make_image_processor
-from modaloom.plugins.data_tools import inspect_url, pack_manifest
-from modaloom.plugins.manifest import JsonlSource, JsonlSpec
-from modaloom.plugins.webdataset_source import WebDatasetSource, WebDatasetSpec
+from modaloom.plugins.sources.jsonl import JsonlSource, JsonlSpec
+from modaloom.plugins.sources.webdataset import WebDatasetSource, WebDatasetSpec
 
 
 def test_pack_then_read_back_every_sample(shapes_manifest: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -1,41 +1,29 @@
-"""Webdataset shard files (tar reading and writing) and the tools behind ``modaloom data``.
+"""Webdataset shard files: reading (`read_shard`) and writing (`write_shards`) tar shards.
 
-Reading (`read_shard`): local and ``memory://`` shards are read by random access and member data
-is only read when used (`MemberRef`); other protocols are streamed once, front to back
-(``http://`` needs no range requests). A shard that is not a tar file, is empty or is truncated
-ends early with a logged warning; a shard that cannot be opened is a `DataError`.
+Reading: local and ``memory://`` shards are read by random access and member data is only read
+when used (`MemberRef`); other protocols are streamed once, front to back (``http://`` needs no
+range requests). A shard that is not a tar file, is empty or is truncated ends early with a
+logged warning; a shard that cannot be opened is a `DataError`.
 
-`pack_manifest` (``modaloom data pack``) turns a JSONL manifest into shards: sample ``i`` is
-written as ``<i:09d>.<field>`` members holding each media file's bytes (the processors detect
-the format from the bytes) plus ``<i:09d>.json`` with every other field of the line (text,
-label, ...; the manifest's key as ``id``). Read them back with::
-
-    {type: webdataset, urls: "DIR/shard-{000000..000009}.tar",
-     fields: {image: image, text: json.text, label: json.label}}
-
-`inspect_url` (``modaloom data inspect``) shows the first samples of shards.
+The ``webdataset`` source reads shards with these functions; ``modaloom data pack`` writes them
+(`modaloom.core.data_commands`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import random
 import tarfile
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from braceexpand import braceexpand
-from tqdm.auto import tqdm
 
 from modaloom.core.errors import DataError, MediaDecodeError
-from modaloom.core.interfaces import Processor
-from modaloom.plugins.manifest import MEDIA_FIELDS, JsonlSource, JsonlSpec
 
 log = logging.getLogger(__name__)
 
@@ -207,127 +195,3 @@ def write_shards(
     if pending or not names:
         flush()
     return names
-
-
-def _packed(source: JsonlSource, bar: tqdm) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(tar key, {member: bytes}) per manifest line."""
-    for index in range(len(source)):
-        raw = source[index]
-        members: dict[str, bytes] = {}
-        record: dict[str, Any] = {"id": raw["__key__"]}
-        for name, value in raw.items():
-            if name == "__key__":
-                continue
-            if name in MEDIA_FIELDS and isinstance(value, str):
-                try:
-                    members[name] = Path(value).read_bytes()
-                except OSError as exc:
-                    raise DataError(
-                        f"cannot read {name} of sample {raw['__key__']!r}: "
-                        f"{exc.strerror or exc} ({value})"
-                    ) from exc
-            else:
-                record[name] = value
-        members["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
-        bar.update(1)
-        yield f"{index:09d}", members
-
-
-def pack_manifest(
-    manifest: Path, output: Path, shard_size: int = 1000, progress: bool = True
-) -> list[Path]:
-    """Write a JSONL manifest's samples into webdataset shards ``output/shard-000000.tar``, ...
-
-    Args:
-        manifest: the JSONL manifest (media paths relative to it).
-        output: directory of the shards (created).
-        shard_size: samples per shard.
-        progress: show a tqdm bar.
-
-    Returns:
-        The shard paths, in order.
-
-    Raises:
-        DataError: the manifest is missing or empty, a media file cannot be read, or
-            ``shard_size`` is not positive.
-    """
-    if shard_size < 1:
-        raise DataError(f"shard size must be at least 1, got {shard_size}")
-    source = JsonlSource(JsonlSpec(path=str(manifest)))
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(source), desc="pack", unit="sample", disable=not progress) as bar:
-        names = write_shards(output, SHARD_PREFIX, _packed(source, bar), shard_size)
-    return [output / name for name in names]
-
-
-def _summary(blobs: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """Member sizes, and the parsed content of small JSON and text members."""
-    out: dict[str, Any] = {"__key__": key, "members": {}}
-    for ext, blob in sorted(blobs.items()):
-        data = blob if isinstance(blob, bytes) else blob.read(key)
-        out["members"][ext] = len(data)
-        if ext.rpartition(".")[2] in ("json", "txt", "cls") and len(data) <= 4096:
-            try:
-                text = data.decode("utf-8")
-                out[ext] = json.loads(text) if ext.endswith("json") else text
-            except ValueError:
-                out[ext] = "<not valid UTF-8 / JSON>"
-    return out
-
-
-def inspect_url(
-    url: str,
-    limit: int = 3,
-    fields: Mapping[str, str] | None = None,
-    processors: Mapping[str, Processor] | None = None,
-) -> list[dict[str, Any]]:
-    """The first samples of webdataset shards: member sizes, small JSON/text members, and the
-    decoded tensor shapes of each field a processor reads (with ``fields`` and ``processors``).
-
-    Args:
-        url: a shard URL or brace pattern (any fsspec URL).
-        limit: samples to show.
-        fields: field -> member mapping as in a ``webdataset`` source spec.
-        processors: processors by field name (``video``, ``audio``, ``text``, ...).
-
-    Returns:
-        One dict per sample: ``__key__``, ``members`` ({extension: bytes}), parsed small
-        members, and ``shapes`` ({field: {tensor: shape}}) or ``errors`` ({field: reason}).
-    """
-    results: list[dict[str, Any]] = []
-    for shard in expand_urls(url):
-        for key, blobs in read_shard(shard):
-            results.append(_summary(blobs, key))
-            if len(results) >= limit:
-                break
-        if len(results) >= limit:
-            break
-    if not results:
-        raise DataError(f"webdataset shards {url!r} hold no sample")
-    if fields and processors:
-        # imported here: webdataset_source builds on this module's shard reading
-        from modaloom.plugins.webdataset_source import WebDatasetSource, WebDatasetSpec
-
-        source = WebDatasetSource(WebDatasetSpec(urls=url, fields=dict(fields)))
-        for result, sample in zip(results, source.iter_raw()):
-            result["shapes"], result["errors"] = _decode_shapes(sample, processors)
-    return results
-
-
-def _decode_shapes(
-    sample: Any, processors: Mapping[str, Processor]
-) -> tuple[dict[str, dict[str, list[int]]], dict[str, str]]:
-    key = str(sample["__key__"])
-    shapes: dict[str, dict[str, list[int]]] = {}
-    errors: dict[str, str] = {}
-    for name, processor in processors.items():
-        if name not in sample:
-            continue
-        try:
-            tensors = processor.process(sample[name], key=key, train=False, rng=random.Random(0))
-        except MediaDecodeError as exc:
-            errors[name] = exc.cause
-            continue
-        shapes[name] = {tensor: list(value.shape) for tensor, value in tensors.items()}
-    return shapes, errors

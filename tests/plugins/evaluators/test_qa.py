@@ -18,11 +18,18 @@ from modaloom.core.data import SampleDecoder
 from modaloom.core.evaluation import EvalContext
 from modaloom.core.interfaces import Processor, RawSample
 from modaloom.core.registry import Registry
-from modaloom.modalities.image import TINY_VIT, ImageProcessor, ImageSpec
-from modaloom.modalities.text import TINY_BERT, TextProcessor, train_wordpiece
+from modaloom.modalities.image import ImageProcessor, ImageSpec
+from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.modalities.text_decoder import BertTextDecoder
-from modaloom.plugins.manifest import JsonlSource, JsonlSpec
-from modaloom.plugins.qa import QAEvaluator, QASpec, encode_questions, normalize_answer, qa_pairs
+from modaloom.plugins.evaluators.qa import (
+    QAEvaluator,
+    QASpec,
+    encode_questions,
+    normalize_answer,
+    qa_pairs,
+)
+from modaloom.plugins.sources.jsonl import JsonlSource, JsonlSpec
+from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 QUESTIONS = ("which color?", "which shape?")
 
