@@ -181,8 +181,11 @@ class TextCodec(Protocol):
     def token_id(self, token: str) -> int:
         """Id of a special token such as ``[SEP]``."""
 
+    def encode_words(self, text: str) -> list[int]:
+        """Ids of ``text`` without special tokens (a prompt, a question)."""
+
     def decode(self, ids: Tensor) -> list[str]:
-        """(B, T) ids -> B strings, stopping at [SEP], special tokens dropped."""
+        """(B, T) ids -> B strings, special tokens dropped."""
 
     def process(
         self, value: Any, *, key: str, train: bool, rng: random.Random

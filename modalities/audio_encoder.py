@@ -147,17 +147,6 @@ def make_ast_encoder(config: ASTEncoderSpec, ctx: BuildContext) -> ASTEncoder:
     return ASTEncoder(load_ast(config, ctx), config.pooling)
 
 
-TINY_AST = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "patch_size": 16,
-    "frequency_stride": 16,
-    "time_stride": 16,
-    "num_mel_bins": 64,
-    "max_length": 128,
-}
 """A CPU-sized AST over 64 x 128 spectrograms: 4 x 8 patches, 34 tokens per clip."""
 
 
@@ -171,5 +160,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         ASTEncoderSpec,
         description="Audio Spectrogram Transformer over log-Mel clips (transformers)",
         modality="audio",
-        tiny={"config": TINY_AST, "inputs": {"audio": {"mel_bins": 64, "length": 128}}},
     )

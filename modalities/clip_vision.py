@@ -93,14 +93,6 @@ def make_clip_vision_encoder(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPV
     return CLIPVisionEncoder(load_clip_vision(config, ctx))
 
 
-TINY_CLIP_VISION = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "patch_size": 8,
-    "image_size": 32,
-}
 
 
 @hookimpl
@@ -113,5 +105,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         CLIPVisionSpec,
         description="CLIP ViT vision tower; videos frame by frame (transformers)",
         modality=("video", "image"),
-        tiny={"config": TINY_CLIP_VISION},
     )

@@ -151,14 +151,6 @@ def make_vit_encoder(config: ViTEncoderSpec, ctx: BuildContext) -> ViTImageEncod
     return ViTImageEncoder(load_vit(config, ctx), config.pooling)
 
 
-TINY_VIT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "patch_size": 8,
-    "image_size": 32,
-}
 
 
 @hookimpl
@@ -178,5 +170,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         ViTEncoderSpec,
         description="ViT image encoder (transformers)",
         modality="image",
-        tiny={"config": TINY_VIT},
     )

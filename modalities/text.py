@@ -129,6 +129,10 @@ class TextProcessor(Processor):
         """Id of a special token such as ``[MASK]``, ``[ENC]`` or ``[DEC]``."""
         return int(self.tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
 
+    def encode_words(self, text: str) -> list[int]:
+        """Ids of ``text`` without special tokens (a prompt, a question)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def process(
         self, value: Any, *, key: str, train: bool, rng: random.Random
     ) -> dict[str, Tensor]:
@@ -285,13 +289,6 @@ def make_bert_encoder(config: BertEncoderSpec, ctx: BuildContext) -> BertTextEnc
     return BertTextEncoder(load_bert(config, ctx), config.pooling)
 
 
-TINY_BERT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
 
 
 @hookimpl
@@ -311,5 +308,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         BertEncoderSpec,
         description="BERT text encoder (transformers)",
         modality="text",
-        tiny={"config": TINY_BERT},
     )

@@ -47,7 +47,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ComponentSpec
-from modaloom.modalities.text import TINY_BERT, text_vocab_size
+from modaloom.modalities.text import text_vocab_size
 from modaloom.objectives.masking import (
     bidirectional_mask,
     causal_mask,
@@ -369,5 +369,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         description="BERT with cross-attention and LM head; shares with a BERT encoder",
         modality="text",
         partial_sharing=True,
-        tiny={"config": TINY_BERT},
     )

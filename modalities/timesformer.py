@@ -32,7 +32,6 @@ from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ComponentSpec
 from modaloom.modalities.image import (
-    TINY_VIT,
     ImageProcessor,
     ViTEncoderSpec,
     ViTImageEncoder,
@@ -356,7 +355,6 @@ def modaloom_register_modalities(registry: Registry) -> None:
         TimeSformerSpec,
         description="divided space-time ViT for video and images, inflated from a ViT",
         modality=("video", "image"),
-        tiny={"config": TINY_VIT, "num_frames": 2},
     )
     registry.add(
         "encoder",
@@ -365,5 +363,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         FrameMeanSpec,
         description="ViT per frame, features averaged over time (COTS)",
         modality="video",
-        tiny={"config": TINY_VIT},
     )

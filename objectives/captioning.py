@@ -37,7 +37,7 @@ QA pair encodings teaches. Both return generated ids only (see `generation.searc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +48,9 @@ from modaloom.core.compose import BuildContext, FeatureCache
 from modaloom.core.features import Group, default_groups, group_members, group_name, present_rows
 from modaloom.core.generation import SearchOptions, decoder_step, search
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Objective
+from modaloom.core.interfaces import Objective, TextCodec
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
-from modaloom.modalities.audio_encoder import TINY_AST
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import TINY_BERT, TextProcessor
 from modaloom.objectives.conditioning import (
     ConditionEncoder,
     TextTokens,
@@ -169,7 +166,7 @@ class LanguageModeling(Objective):
 
         Returns:
             (n, T) generated ids without [DEC] or prompt, ending with [SEP] where the caption
-            stopped, right-padded with [PAD] (`TextProcessor.decode` turns them into text).
+            stopped, right-padded with [PAD] (`TextCodec.decode` turns them into text).
         """
         start = torch.full((1, 1), self.tokens.cls, dtype=torch.long, device=self.prompt_ids.device)
         prefix, prefix_mask = self.bos_prefix(start, torch.ones_like(start))
@@ -218,8 +215,8 @@ def make_lm(config: LMSpec, ctx: BuildContext) -> LanguageModeling:
     prompt_ids = torch.zeros(0, dtype=torch.long)
     if config.prompt:
         processor = ctx.processors["text"]
-        assert isinstance(processor, TextProcessor)
-        encoded = processor.tokenizer(config.prompt, add_special_tokens=False)["input_ids"]
+        assert isinstance(processor, TextCodec)
+        encoded = processor.encode_words(config.prompt)
         prompt_ids = torch.tensor(encoded, dtype=torch.long)
     return LanguageModeling(config, condition, tokens, prompt_ids)
 
@@ -452,15 +449,6 @@ def decode(
     return search(step, rows.shape[0], tokens.search, options, device)
 
 
-TINY_TEXT_DECODER: dict[str, Any] = {
-    "text": {"type": "bert", "config": TINY_BERT},
-    "decoder": {"type": "bert_decoder", "share_with": "text"},
-}
-TINY_AV: dict[str, Any] = {
-    "vision": {"type": "timesformer", "config": TINY_VIT, "num_frames": 2},
-    "audio": {"type": "ast", "config": TINY_AST},
-}
-TINY_GROUPS = [["text", "vision"], ["text", "audio"], ["text", ["vision", "audio"]]]
 
 
 @hookimpl
@@ -472,11 +460,6 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_lm,
         LMSpec,
         description="teacher-forced captioning LM with [DEC] BOS and label smoothing (OmniVL)",
-        tiny={"decoder": "decoder", "prompt": "a picture of"},
-        requires={
-            "components": {"vision": {"type": "vit", "config": TINY_VIT}, **TINY_TEXT_DECODER},
-            "batch": ["image", "text"],
-        },
     )
     registry.add(
         "objective",
@@ -484,9 +467,4 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_mgc,
         MGCSpec,
         description="VALOR masked generation over modality groups (causal MLM, 60% masking)",
-        tiny={"groups": TINY_GROUPS},
-        requires={
-            "components": {**TINY_AV, **TINY_TEXT_DECODER},
-            "batch": ["video", "audio", "text"],
-        },
     )

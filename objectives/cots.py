@@ -46,7 +46,6 @@ from modaloom.objectives.functional import (
 )
 from modaloom.objectives.queue_contrastive import (
     SHARED_QUEUE,
-    TINY_IMAGE_TEXT,
     MomentumContrast,
     MomentumQueueSpec,
 )
@@ -152,6 +151,4 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_cots_contrast,
         COTSContrastSpec,
         description="COTS momentum contrast with task-level KL and adaptive momentum filter",
-        tiny={"queue_size": 4, "embed_dim": 16},
-        requires={"components": TINY_IMAGE_TEXT, "batch": ["image", "text"]},
     )

@@ -36,7 +36,7 @@ Anything else is an error naming the shapes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,6 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
-from modaloom.modalities.text import TINY_BERT
-from modaloom.objectives.captioning import TINY_AV, TINY_GROUPS
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.functional import fine_grained_similarity, zero_loss_like
 
@@ -324,7 +322,6 @@ def make_mga(config: MGASpec, ctx: BuildContext) -> MGA:
     return MGA(config, {name: ctx.output_dim(name) for name in dict.fromkeys(names)})
 
 
-TINY_AV_TEXT: dict[str, Any] = {**TINY_AV, "text": {"type": "bert", "config": TINY_BERT}}
 
 
 @hookimpl
@@ -336,6 +333,4 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_mga,
         MGASpec,
         description="VALOR fine-grained weighted token-frame contrast over modality groups",
-        tiny={"groups": TINY_GROUPS, "embed_dim": 16, "chunk_size": 2},
-        requires={"components": TINY_AV_TEXT, "batch": ["video", "audio", "text"]},
     )

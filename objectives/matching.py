@@ -54,7 +54,7 @@ from modaloom.modalities.text_decoder import BertTextDecoder
 from modaloom.objectives.conditioning import TextTokens, check_decoder, decoder_of, text_tokens
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.functional import itm_hard_negatives, zero_loss_like
-from modaloom.objectives.queue_contrastive import SIMILARITY_KEY, TINY_IMAGE_TEXT
+from modaloom.objectives.queue_contrastive import SIMILARITY_KEY
 
 __all__ = ["ITM", "ITMSpec"]
 
@@ -351,12 +351,4 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_itm,
         ITMSpec,
         description="image/video-text matching with contrastive hard negatives (OmniVL/BLIP)",
-        tiny={},
-        requires={
-            "components": {
-                **TINY_IMAGE_TEXT,
-                "align": {"type": "bert_decoder", "share_with": "text"},
-            },
-            "batch": ["image", "text", "labels"],
-        },
     )

@@ -58,7 +58,6 @@ from modaloom.core.spec_models import ObjectiveSpec, Spec
 from modaloom.objectives.conditioning import TextTokens, text_tokens
 from modaloom.objectives.cots import AMF_KEEP_KEY
 from modaloom.objectives.functional import block_mask_patches, mask_tokens_for_mlm, zero_loss_like
-from modaloom.objectives.queue_contrastive import TINY_IMAGE_TEXT
 
 __all__ = ["MVLM", "DVAETokenizerSpec", "KMeansPatchTokenizer", "KMeansTokenizerSpec", "MVLMSpec"]
 
@@ -353,6 +352,4 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_mvlm,
         MVLMSpec,
         description="COTS masked vision-language modelling (CMLM + CMVM) without fusion",
-        tiny={"visual_tokenizer": {"type": "kmeans", "codes": 8}},
-        requires={"components": TINY_IMAGE_TEXT, "batch": ["image", "text"]},
     )

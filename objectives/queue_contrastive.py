@@ -43,8 +43,6 @@ from modaloom.core.compose import BuildContext, FeatureCache, _default_inputs
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.momentum import FeatureQueue, MomentumCopy
 from modaloom.core.registry import Registry
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import TINY_BERT
 from modaloom.objectives.contrastive import TwoTower, TwoTowerSpec
 from modaloom.objectives.functional import (
     contrastive_loss_with_queue,
@@ -327,10 +325,6 @@ def make_queue_contrastive(
     )
 
 
-TINY_IMAGE_TEXT: dict[str, Any] = {
-    "vision": {"type": "vit", "config": TINY_VIT},
-    "text": {"type": "bert", "config": TINY_BERT},
-}
 """Tiny components of an image-text objective, for the registry-driven tests."""
 
 
@@ -343,8 +337,6 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_queue_contrastive,
         ITCQueueSpec,
         description="ITC with momentum encoders, a feature queue and momentum distillation",
-        tiny={"queue_size": 8, "embed_dim": 16},
-        requires={"components": TINY_IMAGE_TEXT, "batch": ["image", "text"]},
     )
     registry.add(
         "objective",
@@ -352,6 +344,4 @@ def modaloom_register_objectives(registry: Registry) -> None:
         make_queue_contrastive,
         UniVLCSpec,
         description="UniVLC: label-aware ITC with momentum queues (OmniVL)",
-        tiny={"queue_size": 8, "embed_dim": 16},
-        requires={"components": TINY_IMAGE_TEXT, "batch": ["image", "text", "labels"]},
     )

@@ -12,7 +12,8 @@ from transformers import ASTConfig, ASTModel
 from modaloom.core.compose import BuildContext
 from modaloom.core.plugins import load_plugins
 from modaloom.modalities.audio import AudioProcessor, AudioSpec
-from modaloom.modalities.audio_encoder import TINY_AST, ASTEncoder
+from modaloom.modalities.audio_encoder import ASTEncoder
+from modaloom.tests.tiny import TINY_AST
 
 REGISTRY = load_plugins(entry_points=False)
 TOKENS = 2 + 4 * 8  # [CLS], distillation, 4 frequency x 8 time patches of a 64 x 128 clip

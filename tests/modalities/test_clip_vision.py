@@ -10,7 +10,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.plugins import load_plugins
-from modaloom.modalities.clip_vision import TINY_CLIP_VISION, CLIPVisionEncoder
+from modaloom.modalities.clip_vision import CLIPVisionEncoder
+from modaloom.tests.tiny import TINY_CLIP_VISION
 
 REGISTRY = load_plugins(entry_points=False)
 TOKENS = 1 + (32 // 8) ** 2  # [CLS] + 16 patches per 32x32 frame

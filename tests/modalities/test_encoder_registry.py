@@ -1,11 +1,12 @@
 """Every registered encoder and decoder: a tiny CPU forward and backward pass, from the registry.
 
 The test list is generated from ``load_plugins(entry_points=False)``, so an encoder added later is
-covered without editing this file, provided it registers, like the built-ins do:
+covered without editing this file, provided it registers ``modality=<batch field>`` (or a tuple
+of fields; each field gets synthetic inputs, every field of a tuple is tested) and has a tiny
+entry: a built-in's in ``tests/tiny.py`` (`ENCODERS`), a third-party plugin's registered as
+``tiny={...}``. A component without one fails `test_every_component_has_a_tiny_entry`.
 
-* ``modality=<batch field>`` or a tuple of fields; each field gets synthetic inputs (every
-  field of a tuple is tested);
-* ``tiny={...}``: spec fields of a CPU-sized config, validated with the component's spec class
+* the entry's spec fields make a CPU-sized config, validated with the component's spec class
   as ``{"type": name, **tiny}`` (minus ``inputs``);
 * optionally ``tiny["inputs"] = {field: hints}`` for the synthetic inputs. Known fields take
   keyword hints, with these defaults::
@@ -38,8 +39,7 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.interfaces import EncoderOutput
 from modaloom.core.plugins import load_plugins
 from modaloom.core.registry import Component, Registry
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import TINY_BERT
+from modaloom.tests.tiny import TINY_BERT, TINY_VIT, tiny_entry
 
 BATCH = 2
 REGISTRY = load_plugins(entry_points=False)
@@ -66,8 +66,16 @@ def build(registry: Registry, kind: Any, fields: dict[str, Any]) -> Any:
     return module
 
 
+def tiny_of(component: Component) -> dict[str, Any]:
+    """The component's tiny entry (see the module docstring)."""
+    tiny = tiny_entry(component)
+    if tiny is None:
+        pytest.fail(f"{component.name}: no tiny entry; add it to tests/tiny.py or register tiny=")
+    return tiny
+
+
 def tiny_fields(component: Component, **overrides: Any) -> dict[str, Any]:
-    tiny = {k: v for k, v in component.extra.get("tiny", {}).items() if k != "inputs"}
+    tiny = {k: v for k, v in tiny_of(component).items() if k != "inputs"}
     return {"type": component.name, **tiny, **overrides}
 
 
@@ -76,7 +84,7 @@ def synthetic_inputs(component: Component, field: str, seed: int = 0) -> dict[st
     generator = torch.Generator().manual_seed(seed)
     hints = {
         **DEFAULT_HINTS.get(field, {}),
-        **component.extra.get("tiny", {}).get("inputs", {}).get(field, {}),
+        **tiny_of(component).get("inputs", {}).get(field, {}),
     }
     present = torch.ones(BATCH, dtype=torch.bool)
     if field == "text":
@@ -142,6 +150,11 @@ def test_the_registry_holds_the_builtin_encoders_and_decoders() -> None:
     names = {c.name for c in ENCODERS}
     assert {"bert", "vit", "timesformer", "frame_mean", "ast", "clip_vision"} <= names
     assert "bert_decoder" in {c.name for c in DECODERS}
+
+
+def test_every_component_has_a_tiny_entry() -> None:
+    missing = [c.name for c in [*ENCODERS, *DECODERS] if tiny_entry(c) is None]
+    assert missing == []
 
 
 @pytest.mark.parametrize(("component", "field"), encoder_cases())

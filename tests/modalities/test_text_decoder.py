@@ -14,8 +14,8 @@ from modaloom.core.compose import BuildContext, build_model, count_parameters
 from modaloom.core.errors import SpecError
 from modaloom.core.plugins import load_plugins
 from modaloom.core.spec import load_spec
-from modaloom.modalities.text import TINY_BERT
 from modaloom.modalities.text_decoder import BertTextDecoder, self_attention_mask
+from modaloom.tests.tiny import TINY_BERT
 
 REGISTRY = load_plugins(entry_points=False)
 LENGTH = 7

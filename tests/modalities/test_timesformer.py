@@ -12,8 +12,9 @@ from transformers import ViTConfig, ViTModel
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.plugins import load_plugins
-from modaloom.modalities.image import TINY_VIT, ViTImageEncoder
+from modaloom.modalities.image import ViTImageEncoder
 from modaloom.modalities.timesformer import TimeSformer, TimeSformerEncoder, inflate_from_vit
+from modaloom.tests.tiny import TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)
 PATCHES = (32 // 8) ** 2  # 16 patches per 32x32 frame

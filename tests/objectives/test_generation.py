@@ -23,9 +23,9 @@ from modaloom.core.generation import (
 )
 from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import SPECIAL_TOKENS, TINY_BERT, TextProcessor, train_wordpiece
+from modaloom.modalities.text import SPECIAL_TOKENS, TextProcessor, train_wordpiece
 from modaloom.objectives.captioning import MGC, LanguageModeling
+from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 PAD, CLS, SEP, MASK, A, B, C, D = range(8)
 V = 8

@@ -15,12 +15,12 @@ from torch.testing import assert_close
 from modaloom.core.compose import FeatureCache, LoomModel, build_model
 from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import TINY_BERT, TextProcessor, train_wordpiece
+from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.modalities.text_decoder import BertTextDecoder
 from modaloom.objectives.functional import itm_hard_negatives
 from modaloom.objectives.matching import ITM
 from modaloom.objectives.queue_contrastive import SIMILARITY_KEY
+from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)
 CAPTIONS = ["a red square", "a blue circle on the left", "two green triangles", "a yellow circle"]

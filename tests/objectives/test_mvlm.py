@@ -17,11 +17,11 @@ from modaloom.core.compose import FeatureCache, LoomModel, build_model
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import TINY_BERT, TextProcessor, train_wordpiece
+from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.objectives.cots import AMF_KEEP_KEY
 from modaloom.objectives.functional import block_mask_patches, mask_tokens_for_mlm
 from modaloom.objectives.mvlm import DVAE_MESSAGE, MVLM, KMeansPatchTokenizer, MVLMSpec, patchify
+from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)
 CAPTIONS = ["a red square", "a blue circle on the left", "two green triangles", "a yellow circle"]

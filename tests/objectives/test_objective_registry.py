@@ -1,7 +1,8 @@
 """Every registered objective: finite loss and gradients on a tiny batch, from the registry.
 
 The list is generated from ``load_plugins(entry_points=False)``, so an objective added later is
-covered without editing this file, provided it registers, like the built-ins do:
+covered without editing this file, provided it has a tiny entry: a built-in's in
+``tests/tiny.py`` (`OBJECTIVES`), a third-party plugin's registered with ``registry.add``:
 
 * ``tiny={...}``: spec fields of a CPU-sized config, validated with the objective's spec class
   as ``{"type": name, **tiny}`` (default ``{}``);
@@ -40,8 +41,8 @@ from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
 from modaloom.core.registry import Component, Registry
 from modaloom.core.spec import build_spec_class
-from modaloom.modalities.image import TINY_VIT
-from modaloom.modalities.text import TINY_BERT, TextProcessor, train_wordpiece
+from modaloom.modalities.text import TextProcessor, train_wordpiece
+from modaloom.tests.tiny import IMAGE_TEXT_BATCH, requires_entry, tiny_entry
 
 REGISTRY = load_plugins(entry_points=False)
 OBJECTIVES = REGISTRY.of_kind("objective")
@@ -52,13 +53,7 @@ CAPTIONS = [
     "two green triangles",
     "a yellow circle",
 ]
-DEFAULT_REQUIRES: dict[str, Any] = {
-    "components": {
-        "vision": {"type": "vit", "config": TINY_VIT},
-        "text": {"type": "bert", "config": TINY_BERT},
-    },
-    "batch": ["image", "text"],
-}
+DEFAULT_REQUIRES: dict[str, Any] = IMAGE_TEXT_BATCH
 
 
 def text_processor() -> TextProcessor:
@@ -104,21 +99,21 @@ def component_kind(registry: Registry, type_name: str) -> Any:
 
 def tiny_model(registry: Registry, objective: Component, **overrides: Any) -> LoomModel:
     """A tiny `LoomModel` with ``objective`` and the components it requires."""
-    requires = objective.extra.get("requires", DEFAULT_REQUIRES)
+    requires = requires_entry(objective) or DEFAULT_REQUIRES
     components = {}
     for name, fields in requires["components"].items():
         entry = registry.get(component_kind(registry, fields["type"]), fields["type"])
         assert entry.config is not None
         components[name] = entry.config.model_validate(fields)
     assert objective.config is not None
-    tiny = {**objective.extra.get("tiny", {}), **overrides}
+    tiny = {**(tiny_entry(objective) or {}), **overrides}
     spec = objective.config.model_validate({"type": objective.name, **tiny})
     model_spec = SimpleNamespace(components=components, objectives=[spec])
     return build_model(model_spec, registry, {"text": PROCESSOR})
 
 
 def batch_fields(objective: Component) -> list[str]:
-    fields: list[str] = objective.extra.get("requires", DEFAULT_REQUIRES)["batch"]
+    fields: list[str] = (requires_entry(objective) or DEFAULT_REQUIRES)["batch"]
     return fields
 
 
@@ -127,6 +122,11 @@ def test_the_registry_holds_every_objective_of_spec_section_b() -> None:
     names = {c.name for c in OBJECTIVES}
     expected = {"itc", "itc_queue", "univlc", "cots_contrastive", "itm", "lm", "mgc", "mga"}
     assert expected | {"mvlm"} <= names
+
+
+def test_every_objective_has_a_tiny_entry() -> None:
+    missing = [o.name for o in OBJECTIVES if tiny_entry(o) is None or requires_entry(o) is None]
+    assert missing == []
 
 
 def test_objective_specs_join_the_experiment_schema() -> None:
