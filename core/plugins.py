@@ -116,8 +116,3 @@ def default_registry() -> Registry:
         _default = load_plugins()
     return _default
 
-
-def reset_default_registry() -> None:
-    """Forget the cached registry (tests that install or remove plugins call this)."""
-    global _default
-    _default = None

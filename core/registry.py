@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pydantic import BaseModel
 
 from modaloom.core.errors import DuplicateComponentError, UnknownComponentError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from modaloom.core.compose import BuildContext
+    from modaloom.core.evaluation import Evaluator
+    from modaloom.core.interfaces import DataContext, Objective, Processor, Source
 
 Kind = Literal["modality", "encoder", "decoder", "objective", "source", "evaluator", "preset"]
 KINDS: tuple[Kind, ...] = (
@@ -20,6 +27,33 @@ KINDS: tuple[Kind, ...] = (
     "evaluator",
     "preset",
 )
+
+# A factory takes its own config class (a subclass of the kind's spec base), hence ``Any``.
+ProcessorFactory = Callable[[Any, "DataContext"], "Processor"]
+"""``(modality config, DataContext) -> Processor``."""
+ModuleFactory = Callable[[Any, "BuildContext"], "nn.Module"]
+"""``(component config, BuildContext) -> nn.Module`` for encoders and decoders."""
+ObjectiveFactory = Callable[[Any, "BuildContext"], "Objective"]
+"""``(objective config, BuildContext) -> Objective``."""
+SourceFactory = Callable[[Any], "Source"]
+"""``(source config) -> Source``."""
+EvaluatorFactory = Callable[[Any], "Evaluator"]
+"""``(evaluator config) -> Evaluator``."""
+PresetFactory = Callable[[], Mapping[str, Any]]
+"""``() -> the preset's raw spec mapping``."""
+
+
+def type_name(config: type[BaseModel]) -> str:
+    """The name a config class answers to: the value of its ``type: Literal["name"]`` field.
+
+    Raises:
+        TypeError: the class has no ``type`` field with exactly one literal value.
+    """
+    field_info = config.model_fields.get("type")
+    names = get_args(field_info.annotation) if field_info is not None else ()
+    if len(names) != 1 or not isinstance(names[0], str):
+        raise TypeError(f'{config.__name__} must declare `type: Literal["<name>"]`')
+    return names[0]
 
 
 @dataclass(frozen=True)
@@ -79,6 +113,120 @@ class Registry:
         self._items[kind][name] = component
         return component
 
+    def add_modality(
+        self,
+        name: str,
+        factory: ProcessorFactory,
+        config: type[BaseModel],
+        *,
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register a modality: the ``data.<name>`` settings and its processor factory."""
+        return self.add("modality", name, factory, config, description=description, **extra)
+
+    def add_encoder(
+        self,
+        factory: ModuleFactory,
+        config: type[BaseModel],
+        *,
+        modality: str | tuple[str, ...],
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register an encoder under its config's ``type``; ``modality`` is the batch field
+        (or fields) it reads by default."""
+        return self._add_typed("encoder", factory, config, description, modality=modality, **extra)
+
+    def add_decoder(
+        self,
+        factory: ModuleFactory,
+        config: type[BaseModel],
+        *,
+        modality: str,
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register a decoder under its config's ``type``."""
+        return self._add_typed("decoder", factory, config, description, modality=modality, **extra)
+
+    def add_objective(
+        self,
+        factory: ObjectiveFactory,
+        config: type[BaseModel],
+        *,
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register an objective under its config's ``type``."""
+        return self._add_typed("objective", factory, config, description, **extra)
+
+    def add_source(
+        self,
+        factory: SourceFactory,
+        config: type[BaseModel],
+        *,
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register a data source under its config's ``type``."""
+        return self._add_typed("source", factory, config, description, **extra)
+
+    def add_evaluator(
+        self,
+        factory: EvaluatorFactory,
+        config: type[BaseModel],
+        *,
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register an evaluator under its config's ``type``."""
+        return self._add_typed("evaluator", factory, config, description, **extra)
+
+    def add_preset(self, name: str, factory: PresetFactory, *, description: str = "") -> Component:
+        """Register a named spec; ``factory`` returns its raw mapping."""
+        return self.add("preset", name, factory, description=description)
+
+    def _add_typed(
+        self,
+        kind: Kind,
+        factory: Callable[..., Any],
+        config: type[BaseModel],
+        description: str,
+        **extra: Any,
+    ) -> Component:
+        return self.add(kind, type_name(config), factory, config, description=description, **extra)
+
+    def processor_factory(self, name: str) -> ProcessorFactory:
+        """The processor factory of modality ``name``."""
+        return cast("ProcessorFactory", self._factory("modality", name))
+
+    def module_factory(self, kind: Literal["encoder", "decoder"], name: str) -> ModuleFactory:
+        """The factory of encoder or decoder ``name``."""
+        return cast("ModuleFactory", self._factory(kind, name))
+
+    def objective_factory(self, name: str) -> ObjectiveFactory:
+        """The factory of objective ``name``."""
+        return cast("ObjectiveFactory", self._factory("objective", name))
+
+    def source_factory(self, name: str) -> SourceFactory:
+        """The factory of source ``name``."""
+        return cast("SourceFactory", self._factory("source", name))
+
+    def evaluator_factory(self, name: str) -> EvaluatorFactory:
+        """The factory of evaluator ``name``."""
+        return cast("EvaluatorFactory", self._factory("evaluator", name))
+
+    def preset_factory(self, name: str) -> PresetFactory:
+        """The loader of preset ``name``."""
+        return cast("PresetFactory", self._factory("preset", name))
+
+    def _factory(self, kind: Kind, name: str) -> Callable[..., Any]:
+        component = self.get(kind, name)
+        if component.factory is None:
+            raise TypeError(f"{kind} {name!r} was registered without a factory")
+        return component.factory
+
     def get(self, kind: Kind, name: str) -> Component:
         """Return a component, or raise `UnknownComponentError` with close matches."""
         try:
@@ -97,9 +245,3 @@ class Registry:
     def __iter__(self) -> Iterator[Component]:
         for kind in KINDS:
             yield from self.of_kind(kind)
-
-    def remove_plugin(self, plugin: str) -> None:
-        """Forget everything one plugin registered (used when unregistering test fixtures)."""
-        for table in self._items.values():
-            for name in [n for n, c in table.items() if c.plugin == plugin]:
-                del table[name]

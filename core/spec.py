@@ -6,20 +6,21 @@ import copy
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Union, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from modaloom.core.errors import SpecError
 from modaloom.core.registry import Kind, Registry
 from modaloom.core.spec_models import (
     ComponentSpec,
+    DataSpec,
     EvaluatorSpec,
+    ExperimentSpec,
+    ModelSpec,
     ObjectiveSpec,
     SourceSpec,
-    Spec,
-    TrainSpec,
 )
 
 _KIND_OF_SECTION: dict[str, str] = {
@@ -30,8 +31,6 @@ _KIND_OF_SECTION: dict[str, str] = {
     "eval": "evaluator",
 }
 _CACHE_ATTR = "_spec_class"
-OnError = Literal["skip", "raise"]
-Mixing = Literal["batch", "sample"]
 
 
 def _union(registry: Registry, kinds: Sequence[Kind], base: type[BaseModel]) -> Any:
@@ -58,7 +57,7 @@ def _modality_fields(registry: Registry) -> dict[str, Any]:
     return fields
 
 
-def build_spec_class(registry: Registry) -> type[Spec]:
+def build_spec_class(registry: Registry) -> type[ExperimentSpec]:
     """Create the `ExperimentSpec` model for this registry (cached on the registry)."""
     cached = getattr(registry, _CACHE_ATTR, None)
     if cached is not None:
@@ -69,79 +68,26 @@ def build_spec_class(registry: Registry) -> type[Spec]:
     evaluator = _union(registry, ("evaluator",), EvaluatorSpec)
     model_spec = create_model(
         "ModelSpec",
-        __base__=Spec,
+        __base__=ModelSpec,
         components=(dict[str, component], ...),  # type: ignore[valid-type]
         objectives=(list[objective], ...),  # type: ignore[valid-type]
     )
     data_spec = create_model(
         "DataSpec",
-        __base__=Spec,
+        __base__=DataSpec,
         sources=(dict[str, source], ...),  # type: ignore[valid-type]
         eval_sources=(dict[str, source], {}),  # type: ignore[valid-type]
-        batch_size=(int, Field(32, gt=0)),
-        eval_batch_size=(int | None, Field(None, gt=0)),
-        num_workers=(int, Field(0, ge=0)),
-        on_error=(OnError, "skip"),
-        mixing=(Mixing, "batch"),
-        cache_media=(bool, False),
         **_modality_fields(registry),
     )
     spec_class = create_model(
         "ExperimentSpec",
-        __base__=ExperimentSpecBase,
+        __base__=ExperimentSpec,
         model=(model_spec, ...),
         data=(data_spec, ...),
-        train=(TrainSpec, ...),
         eval=(list[evaluator], []),  # type: ignore[valid-type]
     )
     setattr(registry, _CACHE_ATTR, spec_class)
     return spec_class
-
-
-class ExperimentSpecBase(Spec):
-    """Cross-section rules shared by every generated `ExperimentSpec`."""
-
-    @model_validator(mode="after")
-    def _references_exist(self) -> ExperimentSpecBase:
-        model, data, train = self.model, self.data, self.train  # type: ignore[attr-defined]
-        problems = []
-        for name, comp in model.components.items():
-            if comp.share_with is not None and comp.share_with not in model.components:
-                problems.append(
-                    f"model.components.{name}.share_with names {comp.share_with!r}, which is not "
-                    f"a component; use one of {sorted(model.components)}"
-                )
-        for index, stage in enumerate(train.stages):
-            for source in stage.sources or []:
-                if source not in data.sources:
-                    problems.append(
-                        f"train.stages.{index}.sources names {source!r}, which is not in "
-                        f"data.sources; use one of {sorted(data.sources)}"
-                    )
-        objective_names = [o.name or o.type for o in model.objectives]
-        for index, name in enumerate(objective_names):
-            if name in objective_names[:index]:
-                problems.append(
-                    f"model.objectives.{index} is the second objective named {name!r}; "
-                    "give it a distinct `name:`"
-                )
-        for name, source in data.sources.items():
-            for objective in source.objectives or []:
-                if objective not in objective_names:
-                    problems.append(
-                        f"data.sources.{name}.objectives names {objective!r}, which is not an "
-                        f"objective; use one of {objective_names}"
-                    )
-        for index, evaluator in enumerate(self.eval):  # type: ignore[attr-defined]
-            if evaluator.source not in data.eval_sources and evaluator.source not in data.sources:
-                problems.append(
-                    f"eval.{index}.source names {evaluator.source!r}; add it to data.eval_sources"
-                )
-        if train.eval_every is not None and not self.eval:  # type: ignore[attr-defined]
-            problems.append("train.eval_every is set but there is no `eval:` section; add one")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 # ---------------------------------------------------------------- loading and merging
@@ -273,7 +219,9 @@ def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
     return ".".join(loc) or "spec", message
 
 
-def validate_tree(tree: Mapping[str, Any], registry: Registry, source: str = "spec") -> Spec:
+def validate_tree(
+    tree: Mapping[str, Any], registry: Registry, source: str = "spec"
+) -> ExperimentSpec:
     """Validate a resolved mapping into an `ExperimentSpec`, raising `SpecError`."""
     spec_class = build_spec_class(registry)
     try:
@@ -288,7 +236,7 @@ def load_spec(
     source: str | Path | Mapping[str, Any],
     overrides: Sequence[str] = (),
     registry: Registry | None = None,
-) -> Any:
+) -> ExperimentSpec:
     """Resolve presets and ``base:``, apply ``--set`` overrides, and validate.
 
     Args:
@@ -297,7 +245,7 @@ def load_spec(
         registry: the registry to validate against (the default one when omitted).
 
     Returns:
-        An instance of the registry's `ExperimentSpec` model.
+        An `ExperimentSpec` (an instance of the class the registry's components narrow).
 
     Raises:
         SpecError: listing every problem with its path and how to fix it.

@@ -1,4 +1,13 @@
-"""Static parts of the spec: base classes every component config extends, and train settings."""
+"""Static parts of the spec: base classes every component config extends, train settings, and
+the experiment's sections (`ExperimentSpec`, `ModelSpec`, `DataSpec`) that the registry-built
+spec classes narrow.
+
+`load_spec` returns an `ExperimentSpec`: code reads a spec through these static types. The class
+it actually returns is built by `modaloom.core.spec.build_spec_class` from the registry: its
+sections subclass these, with the component fields narrowed to discriminated unions of the
+registered configs and one field per registered modality under ``data`` (``data.text``, ...),
+read with `DataSpec.modality`.
+"""
 
 from __future__ import annotations
 
@@ -142,3 +151,118 @@ class TrainSpec(Spec):
             return list(self.stages)
         assert self.steps is not None
         return [StageSpec(name="main", steps=self.steps)]
+
+
+OnError = Literal["skip", "raise"]
+Mixing = Literal["batch", "sample"]
+
+
+class ModelSpec(Spec):
+    """What to build (``model``): named components and the objectives over them."""
+
+    components: dict[str, ComponentSpec]
+    """Encoders and decoders by name (``text``, ``vision``, ...)."""
+    objectives: list[ObjectiveSpec]
+    """Objectives; their ``*_loss`` terms are weighted and summed."""
+
+
+class DataSpec(Spec):
+    """Where samples come from and how they are batched (``data``)."""
+
+    sources: dict[str, SourceSpec]
+    """Training sources by name; several are mixed by weight."""
+    eval_sources: dict[str, SourceSpec] = {}
+    """Sources only evaluators read."""
+    batch_size: int = Field(32, gt=0)
+    """Samples per batch and process."""
+    eval_batch_size: int | None = Field(None, gt=0)
+    """Samples per evaluation batch; ``batch_size`` when omitted."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes per training process."""
+    on_error: OnError = "skip"
+    """A corrupt sample is skipped, counted and logged (``skip``) or stops the run (``raise``)."""
+    mixing: Mixing = "batch"
+    """Several sources mix per batch (each batch from one source) or per sample."""
+    cache_media: bool = False
+    """Keep decoded evaluation media in memory between evaluations."""
+
+    def modality(self, name: str) -> Spec | None:
+        """The settings of a registered modality (``data.text``, ``data.video``, ...), or
+        ``None`` when no such modality is registered."""
+        value = getattr(self, name, None)
+        return value if isinstance(value, Spec) else None
+
+
+class ExperimentSpec(Spec):
+    """One experiment: ``model``, ``data``, ``train`` and ``eval``; the cross-references between
+    sections are checked here."""
+
+    model: ModelSpec
+    """The composition."""
+    data: DataSpec
+    """The data."""
+    train: TrainSpec
+    """The training schedule."""
+    eval: list[EvaluatorSpec] = []
+    """Evaluators run by ``modaloom eval`` and ``train.eval_every``."""
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> ExperimentSpec:
+        problems = [
+            *_share_problems(self.model),
+            *_stage_problems(self.train, self.data),
+            *_objective_problems(self.model, self.data),
+            *_eval_problems(self),
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _share_problems(model: ModelSpec) -> list[str]:
+    return [
+        f"model.components.{name}.share_with names {comp.share_with!r}, which is not "
+        f"a component; use one of {sorted(model.components)}"
+        for name, comp in model.components.items()
+        if comp.share_with is not None and comp.share_with not in model.components
+    ]
+
+
+def _stage_problems(train: TrainSpec, data: DataSpec) -> list[str]:
+    return [
+        f"train.stages.{index}.sources names {source!r}, which is not in "
+        f"data.sources; use one of {sorted(data.sources)}"
+        for index, stage in enumerate(train.stages)
+        for source in stage.sources or []
+        if source not in data.sources
+    ]
+
+
+def _objective_problems(model: ModelSpec, data: DataSpec) -> list[str]:
+    names = [o.name or o.type for o in model.objectives]
+    problems = [
+        f"model.objectives.{index} is the second objective named {name!r}; "
+        "give it a distinct `name:`"
+        for index, name in enumerate(names)
+        if name in names[:index]
+    ]
+    problems += [
+        f"data.sources.{name}.objectives names {objective!r}, which is not an "
+        f"objective; use one of {names}"
+        for name, source in data.sources.items()
+        for objective in source.objectives or []
+        if objective not in names
+    ]
+    return problems
+
+
+def _eval_problems(spec: ExperimentSpec) -> list[str]:
+    data = spec.data
+    problems = [
+        f"eval.{index}.source names {evaluator.source!r}; add it to data.eval_sources"
+        for index, evaluator in enumerate(spec.eval)
+        if evaluator.source not in data.eval_sources and evaluator.source not in data.sources
+    ]
+    if spec.train.eval_every is not None and not spec.eval:
+        problems.append("train.eval_every is set but there is no `eval:` section; add one")
+    return problems
