@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,9 +53,30 @@ def extras_module():  # type: ignore[no-untyped-def]
         sys.modules.pop("loom_extras", None)
 
 
-def test_fixture_package_declares_the_entry_point() -> None:
-    text = (PACKAGE / "pyproject.toml").read_text()
-    assert '[project.entry-points.modaloom]\nloom_extras = "loom_extras"' in text
+@pytest.fixture
+def installed_extras(tmp_path: Path) -> Iterator[Path]:
+    """loom_extras pip-installed into a temporary target directory put on sys.path (offline:
+    no build isolation, no dependencies)."""
+    source, target = tmp_path / "loom_extras", tmp_path / "site"
+    shutil.copytree(PACKAGE, source)  # setuptools builds in the source tree
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    command += ["--no-index", "--target", str(target), str(source)]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    try:
+        yield target
+    finally:
+        sys.path.remove(str(target))
+        sys.modules.pop("loom_extras", None)
+
+
+def test_an_installed_package_is_found_through_its_entry_point(installed_extras: Path) -> None:
+    assert "loom_extras" not in sys.modules
+    registry = load_plugins(entry_points=True)
+    assert registry.get("encoder", "pixel_mlp").plugin == "loom_extras"
+    assert registry.get("source", "color_squares").plugin == "loom_extras"
+    assert Path(sys.modules["loom_extras"].__file__ or "").parent == installed_extras
 
 
 def test_third_party_components_train_without_touching_modaloom(extras_module, tmp_path) -> None:  # type: ignore[no-untyped-def]
