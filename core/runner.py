@@ -25,7 +25,7 @@ from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
 from modaloom.core.spec import spec_to_tree
-from modaloom.core.spec_models import StageSpec
+from modaloom.core.spec_models import ExperimentSpec, StageSpec
 from modaloom.core.stage_actions import stage_actions
 from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 
@@ -100,7 +100,7 @@ def check_writable(directory: Path) -> None:
 class TrainingSession:
     """Everything one run holds; `run` trains the remaining stages."""
 
-    spec: Any
+    spec: ExperimentSpec
     output_dir: Path
     accelerator: Accelerator
     sources: dict[str, Source]
@@ -339,7 +339,7 @@ class TrainingSession:
         return record["loss"]
 
 def setup_session(
-    spec: Any, output_dir: Path, registry: Registry, show_progress: bool = True
+    spec: ExperimentSpec, output_dir: Path, registry: Registry, show_progress: bool = True
 ) -> TrainingSession:
     """Build accelerator, data, model and optimizer for ``spec`` (no resume yet)."""
     train = spec.train
@@ -391,7 +391,7 @@ def setup_session(
 
 
 def train(
-    spec: Any,
+    spec: ExperimentSpec,
     output_dir: str | Path,
     *,
     registry: Registry | None = None,
