@@ -94,18 +94,43 @@ def build_spec_class(registry: Registry) -> type[ExperimentSpec]:
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge mappings recursively; lists and scalars in ``override`` replace those in ``base``."""
+    """Merge ``override`` into ``base`` (``base:`` inheritance and ``--set``).
+
+    Mappings merge recursively, except that a mapping whose ``type`` differs from the base's
+    replaces it (a webdataset source over a preset's jsonl one). ``key: null`` where the base
+    holds a mapping removes the key (a base's source or component); on a value it sets null.
+    Lists and scalars replace.
+    """
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        current = merged.get(key)
+        if value is None and isinstance(current, Mapping):
+            del merged[key]
+        elif (
+            isinstance(value, Mapping)
+            and isinstance(current, Mapping)
+            and not _retyped(current, value)
+        ):
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
 
 
+def _retyped(base: Mapping[str, Any], override: Mapping[str, Any]) -> bool:
+    return "type" in base and "type" in override and base["type"] != override["type"]
+
+
+def _assign(node: dict[str, Any], key: str, value: Any) -> None:
+    """``node[key] = value`` with the merge rules of `deep_merge`."""
+    merged = deep_merge({key: node[key]} if key in node else {}, {key: value})
+    node.pop(key, None)
+    node.update(merged)
+
+
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Apply one ``dotted.path=value`` override in place (the value is parsed as YAML)."""
+    """Apply one ``dotted.path=value`` override in place (the value is parsed as YAML and merged
+    like a ``base:`` override: see `deep_merge`)."""
     path, sep, raw = assignment.partition("=")
     if not sep or not path:
         raise SpecError([("--set", f"{assignment!r} is not KEY=VALUE, e.g. train.steps=100")])
@@ -124,7 +149,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
                 node = node[int(key)]
         elif isinstance(node, dict):
             if last:
-                node[key] = value
+                _assign(node, key, value)
             else:
                 node = node.setdefault(key, {})
         else:

@@ -126,3 +126,40 @@ def test_bad_yaml_is_a_spec_error(registry: Registry, tmp_path: Path) -> None:
     path.write_text("model: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(path, registry=registry)
+
+
+def test_a_mapping_of_another_type_replaces_the_base_one(
+    registry: Registry, tmp_path: Path
+) -> None:
+    path = tmp_path / "shards.yaml"
+    path.write_text(
+        "base: clip-tiny\ndata:\n  sources:\n    train:\n      type: webdataset\n"
+        "      urls: shards/train-{000000..000003}.tar\n      fields: {image: jpg, text: txt}\n"
+    )
+    spec = load_spec(path, registry=registry)
+    source = spec.data.sources["train"]
+    assert source.type == "webdataset" and not hasattr(source, "path")
+
+
+def test_null_removes_a_base_mapping_and_sets_a_value_to_null(
+    registry: Registry, tmp_path: Path
+) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text("base: clip-tiny\ndata:\n  sources:\n    extra: {type: jsonl, path: b.jsonl}\n")
+    spec = load_spec(path, ["data.sources.train=null", "train.max_grad_norm=null"], registry)
+    assert list(spec.data.sources) == ["extra"]
+    assert spec.train.max_grad_norm is None
+    path.write_text(
+        "base: clip-tiny\ndata:\n  sources:\n    train: null\n    b: {type: jsonl, path: b.jsonl}\n"
+    )
+    assert list(load_spec(path, registry=registry).data.sources) == ["b"]
+
+
+def test_set_merges_a_mapping_like_base_does() -> None:
+    tree = {"s": {"t": {"type": "jsonl", "path": "a", "weight": 2}}}
+    apply_override(tree, "s.t={path: b}")
+    assert tree == {"s": {"t": {"type": "jsonl", "path": "b", "weight": 2}}}
+    apply_override(tree, "s.t={type: webdataset, urls: x.tar}")
+    assert tree == {"s": {"t": {"type": "webdataset", "urls": "x.tar"}}}
+    apply_override(tree, "s.t=null")
+    assert tree == {"s": {}}
