@@ -48,23 +48,60 @@ from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ComponentSpec
 from modaloom.modalities.text import text_vocab_size
-from modaloom.objectives.masking import (
-    bidirectional_mask,
-    causal_mask,
-    prefix_causal_mask,
-    to_additive_mask,
-)
 
 __all__ = [
     "BertDecoderSpec",
     "BertTextDecoder",
     "DecoderOutput",
+    "bidirectional_mask",
+    "causal_mask",
+    "prefix_causal_mask",
     "self_attention_mask",
     "tie_decoder",
+    "to_additive_mask",
 ]
 
 
 Sharing = Literal["all_but_cross_attention", "all_but_self_attention", "none"]
+
+
+def causal_mask(length: int, device: torch.device | str | None = None) -> Tensor:
+    """(L, L) bool: query i may attend to keys j <= i (True = allowed, as SDPA takes it)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def prefix_causal_mask(prefix_lengths: Tensor, length: int) -> Tensor:
+    """Prefix-bidirectional, then causal (VALOR QA, SPEC B6).
+
+    Query i attends to key j when ``j <= i`` or both lie in the prefix: the question tokens see
+    each other, the answer tokens see the question and the answer so far.
+
+    Args:
+        prefix_lengths: (B,) number of prefix (question) tokens per row.
+        length: L.
+
+    Returns:
+        (B, L, L) bool.
+    """
+    positions = torch.arange(length, device=prefix_lengths.device)
+    in_prefix = positions[None, :] < prefix_lengths[:, None]  # (B, L)
+    both_in_prefix = in_prefix[:, :, None] & in_prefix[:, None, :]
+    return causal_mask(length, prefix_lengths.device)[None] | both_in_prefix
+
+
+def bidirectional_mask(key_mask: Tensor) -> Tensor:
+    """(B, L, L) bool from a (B, L) 0/1 key-padding mask: every query sees every real key.
+
+    Combine with the others by ``&``: ``causal_mask(L) & bidirectional_mask(attention_mask)``.
+    """
+    keys = key_mask.bool()[:, None, :]
+    return keys.expand(key_mask.shape[0], key_mask.shape[1], key_mask.shape[1])
+
+
+def to_additive_mask(allowed: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Boolean allowed-attention mask -> additive float mask (0 allowed, dtype min elsewhere)."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
 def self_attention_mask(

@@ -12,9 +12,8 @@ them with their heads, configs and registration. Conventions shared by all funct
 * per-sample losses are returned where AMF (B10) must mask them; :func:`masked_mean` averages
   over the kept samples and is a zero that keeps the graph when none is kept.
 
-Fine-grained similarity (:mod:`modaloom.objectives.fine_grained_similarity`), masking and
-attention-mask builders (:mod:`modaloom.objectives.masking`) live in their own files and are
-re-exported here.
+Fine-grained similarity (:mod:`modaloom.objectives.fine_grained_similarity`) and masking
+(:mod:`modaloom.objectives.masking`) live in their own files and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,20 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modaloom.objectives.fine_grained_similarity import fine_grained_similarity, masked_softmax
-from modaloom.objectives.masking import (
-    bidirectional_mask,
-    block_mask_patches,
-    causal_mask,
-    mask_tokens_for_mlm,
-    prefix_causal_mask,
-    to_additive_mask,
-)
+from modaloom.objectives.masking import block_mask_patches, mask_tokens_for_mlm
 
 __all__ = [
     "amf_keep_mask",
-    "bidirectional_mask",
     "block_mask_patches",
-    "causal_mask",
     "contrastive_loss",
     "contrastive_loss_with_queue",
     "fine_grained_similarity",
@@ -48,12 +38,10 @@ __all__ = [
     "masked_mean",
     "masked_softmax",
     "positive_targets",
-    "prefix_causal_mask",
     "queue_logits",
     "remap_caption_labels",
     "soft_cross_entropy",
     "task_alignment_kl",
-    "to_additive_mask",
     "zero_loss_like",
 ]
 

@@ -1,8 +1,8 @@
-"""Token and patch masking, and attention-mask builders, written once (SPEC B5, B6, B8).
+"""Token and patch masking of the masked-modelling objectives, written once (SPEC B6, B8).
 
-Attention masks are boolean with the ``torch.nn.functional.scaled_dot_product_attention``
-convention: True = the query may attend to the key. :func:`to_additive_mask` turns them into
-the additive float masks that Hugging Face models take.
+`mask_tokens_for_mlm` serves MGC (VALOR, 60% of the caption) and MVLM's CMLM (COTS, 15%);
+`block_mask_patches` is MVLM's BEiT-style CMVM patch masking. Attention masks are the decoder's
+business (`modaloom.modalities.text_decoder`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = [
-    "bidirectional_mask",
-    "block_mask_patches",
-    "causal_mask",
-    "mask_tokens_for_mlm",
-    "prefix_causal_mask",
-    "to_additive_mask",
-]
+__all__ = ["block_mask_patches", "mask_tokens_for_mlm"]
 
 
 def _ensure_one(masked: Tensor, maskable: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -166,42 +159,3 @@ def block_mask_patches(
     rng = random.Random(int(torch.randint(2**62, (1,), generator=generator, device=where)))
     rows = [_block_mask_row(grid_h, grid_w, target, rng) for _ in range(batch)]
     return torch.tensor(rows, dtype=torch.bool, device=device).reshape(batch, grid_h * grid_w)
-
-
-def causal_mask(length: int, device: torch.device | str | None = None) -> Tensor:
-    """(L, L) bool: query i may attend to keys j <= i."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
-
-
-def prefix_causal_mask(prefix_lengths: Tensor, length: int) -> Tensor:
-    """Prefix-bidirectional, then causal (VALOR QA, SPEC B6).
-
-    Query i attends to key j when ``j <= i`` or both lie in the prefix: the question tokens see
-    each other, the answer tokens see the question and the answer so far.
-
-    Args:
-        prefix_lengths: (B,) number of prefix (question) tokens per row.
-        length: L.
-
-    Returns:
-        (B, L, L) bool.
-    """
-    positions = torch.arange(length, device=prefix_lengths.device)
-    in_prefix = positions[None, :] < prefix_lengths[:, None]  # (B, L)
-    both_in_prefix = in_prefix[:, :, None] & in_prefix[:, None, :]
-    return causal_mask(length, prefix_lengths.device)[None] | both_in_prefix
-
-
-def bidirectional_mask(key_mask: Tensor) -> Tensor:
-    """(B, L, L) bool from a (B, L) 0/1 key-padding mask: every query sees every real key.
-
-    Combine with the others by ``&``: ``causal_mask(L) & bidirectional_mask(attention_mask)``.
-    """
-    keys = key_mask.bool()[:, None, :]
-    return keys.expand(key_mask.shape[0], key_mask.shape[1], key_mask.shape[1])
-
-
-def to_additive_mask(allowed: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Boolean allowed-attention mask -> additive float mask (0 allowed, dtype min elsewhere)."""
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)

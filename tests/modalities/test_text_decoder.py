@@ -8,13 +8,21 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.testing import assert_close
 from transformers import BertConfig, BertLMHeadModel, BertModel
 
 from modaloom.core.compose import BuildContext, build_model, count_parameters
 from modaloom.core.errors import SpecError
 from modaloom.core.plugins import load_plugins
 from modaloom.core.spec import load_spec
-from modaloom.modalities.text_decoder import BertTextDecoder, self_attention_mask
+from modaloom.modalities.text_decoder import (
+    BertTextDecoder,
+    bidirectional_mask,
+    causal_mask,
+    prefix_causal_mask,
+    self_attention_mask,
+    to_additive_mask,
+)
 from modaloom.tests.tiny import TINY_BERT
 
 REGISTRY = load_plugins(entry_points=False)
@@ -256,3 +264,22 @@ def test_bert_decoder_adds_cross_attention_to_a_plain_bert_checkpoint(tmp_path: 
     for name, tensor in saved.state_dict().items():
         assert torch.equal(loaded[name], tensor), name
     assert hasattr(decoder.bert.encoder.layer[0], "crossattention")
+
+
+def test_causal_and_prefix_masks_match_definitions() -> None:
+    assert causal_mask(3).tolist() == [[True, False, False], [True, True, False], [True] * 3]
+    prefix = torch.tensor([2, 0])
+    got = prefix_causal_mask(prefix, 4)
+    for b in range(2):
+        for i in range(4):
+            for j in range(4):
+                both_prefix = i < prefix[b] and j < prefix[b]
+                assert got[b, i, j].item() == (j <= i or both_prefix)
+
+
+def test_bidirectional_and_additive_masks() -> None:
+    allowed = bidirectional_mask(torch.tensor([[1, 1, 0]]))
+    assert allowed.tolist() == [[[True, True, False]] * 3]
+    additive = to_additive_mask(causal_mask(2), torch.float16)
+    lowest = torch.finfo(torch.float16).min
+    assert_close(additive, torch.tensor([[0.0, lowest], [0.0, 0.0]], dtype=torch.float16))

@@ -1,19 +1,11 @@
-"""Tests of token / patch masking and the attention-mask builders."""
+"""Token masking (MGC, CMLM) and BEiT block-wise patch masking (CMVM)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.testing import assert_close
 
-from modaloom.objectives.masking import (
-    bidirectional_mask,
-    block_mask_patches,
-    causal_mask,
-    mask_tokens_for_mlm,
-    prefix_causal_mask,
-    to_additive_mask,
-)
+from modaloom.objectives.masking import block_mask_patches, mask_tokens_for_mlm
 
 CLS, SEP, PAD, MASK = 101, 102, 0, 103
 SPECIAL = (CLS, SEP, PAD, MASK)
@@ -106,22 +98,3 @@ def test_block_mask_is_blockwise_and_reproducible() -> None:
     # masked patches of block masking have far more masked 4-neighbours than random masking (0.4)
     right = (grid[:, :, 1:] * grid[:, :, :-1]).sum() / grid[:, :, :-1].sum()
     assert right > 0.6
-
-
-def test_causal_and_prefix_masks_match_definitions() -> None:
-    assert causal_mask(3).tolist() == [[True, False, False], [True, True, False], [True] * 3]
-    prefix = torch.tensor([2, 0])
-    got = prefix_causal_mask(prefix, 4)
-    for b in range(2):
-        for i in range(4):
-            for j in range(4):
-                both_prefix = i < prefix[b] and j < prefix[b]
-                assert got[b, i, j].item() == (j <= i or both_prefix)
-
-
-def test_bidirectional_and_additive_masks() -> None:
-    allowed = bidirectional_mask(torch.tensor([[1, 1, 0]]))
-    assert allowed.tolist() == [[[True, True, False]] * 3]
-    additive = to_additive_mask(causal_mask(2), torch.float16)
-    lowest = torch.finfo(torch.float16).min
-    assert_close(additive, torch.tensor([[0.0, lowest], [0.0, 0.0]], dtype=torch.float16))
