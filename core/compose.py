@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,13 @@ from modaloom.core.interfaces import Batch, EncoderOutput, Objective, Processor
 from modaloom.core.registry import Registry
 
 __all__ = ["BuildContext", "FeatureCache", "LoomModel", "LoomOutput", "build_model"]
+
+T = TypeVar("T")
+
+
+def objectives_spec_error(message: str) -> SpecError:
+    """A `SpecError` at ``model.objectives`` (`LoomModel.objective_with`'s default error)."""
+    return SpecError([("model.objectives", message)])
 
 
 @dataclass
@@ -128,6 +135,82 @@ class LoomModel(nn.Module):
         if total is None:
             raise RuntimeError("no objective returned a `*_loss` term; add an objective")
         return LoomOutput(total, terms)
+
+    @overload
+    def objective_with(
+        self,
+        capability: Callable[[Objective], bool],
+        name: str | None = None,
+        *,
+        what: str,
+        fix: str = ...,
+        prefer: Callable[[Any], bool] | None = ...,
+        error: Callable[[str], Exception] = ...,
+    ) -> Objective: ...
+
+    @overload
+    def objective_with(
+        self,
+        capability: type[T] | Callable[[Objective], bool],
+        name: str | None = None,
+        *,
+        what: str,
+        fix: str = ...,
+        prefer: Callable[[T], bool] | None = ...,
+        error: Callable[[str], Exception] = ...,
+    ) -> T: ...
+
+    def objective_with(
+        self,
+        capability: type | Callable[[Objective], bool],
+        name: str | None = None,
+        *,
+        what: str,
+        fix: str = "",
+        prefer: Callable[[Any], bool] | None = None,
+        error: Callable[[str], Exception] = objectives_spec_error,
+    ) -> Any:
+        """The objective named ``name``, or else the first with ``capability`` (the first that
+        ``prefer`` accepts, when one does).
+
+        Args:
+            capability: a class or runtime-checkable protocol (``TextGenerator``) the objective
+                is an instance of, or a test it passes.
+            name: an objective's name in the spec; it must have the capability too.
+            what: the capability as a verb phrase for messages (``"generate text"``).
+            fix: how to get one, added to the message when none has it.
+            prefer: among the capable objectives, pick the first this accepts, if any.
+            error: builds the exception to raise from a message (default: a `SpecError` at
+                ``model.objectives``).
+
+        Raises:
+            The exception ``error`` builds: no objective is named ``name``, the named one
+            lacks the capability, or none has it; the message lists the objectives.
+        """
+
+        def capable(objective: Any) -> bool:
+            if isinstance(capability, type):
+                return isinstance(objective, capability)
+            return capability(objective)
+
+        names = self.objective_names
+        hint = f"; {fix}" if fix else ""
+        if name is not None:
+            if name not in names:
+                raise error(f"no objective named {name!r}; objectives are {names}")
+            objective = self.objectives[names.index(name)]
+            if not capable(objective):
+                raise error(f"objective {name!r} cannot {what}{hint}")
+            return objective
+        first = None
+        for objective in self.objectives:
+            if capable(objective):
+                if prefer is None or prefer(objective):
+                    return objective
+                first = objective if first is None else first
+        if first is None:
+            raise error(f"no objective can {what} (objectives are {names}){hint}")
+        return first
 
     def after_optimizer_step(self) -> None:
         """Let objectives update momentum copies and the like."""

@@ -25,6 +25,11 @@ from modaloom.core.registry import Registry
 T = TypeVar("T")
 
 
+def eval_spec_error(message: str) -> SpecError:
+    """A `SpecError` at ``eval`` (what an evaluator raises for a misconfigured entry)."""
+    return SpecError([("eval", message)])
+
+
 @dataclass
 class EvalContext:
     """What an evaluator gets: the model, processors and its source.
@@ -94,29 +99,27 @@ class EvalContext:
         return FeatureCache(self.model, batch)
 
     def objective(self, name: str | None, supports: Sequence[tuple[str, ...]]) -> Objective:
-        """The named objective, or the first one whose `retrieval_side` handles ``supports``."""
-        model = self.model
-        pairs = list(zip(model.objective_names, model.objectives, strict=True))
-        if name is not None:
-            for objective_name, objective in pairs:
-                if objective_name == name:
-                    return objective  # type: ignore[return-value]
-            raise SpecError(
-                [("eval", f"no objective named {name!r}; objectives are {model.objective_names}")]
-            )
-        probe = self._probe_batch(supports)
-        for _, objective in pairs:
+        """The named objective, or the first one whose `retrieval_side` handles ``supports``
+        (tried on the source's first batch).
+
+        Raises:
+            SpecError: no objective has that name, or it (or, unnamed, every one) cannot score
+                ``supports``.
+        """
+
+        def scores(objective: Objective) -> bool:
+            if not supports:
+                return True
+            probe = self._probe_batch(supports)
             sides = [objective.retrieval_side(s, self.features(probe)) for s in supports]
-            if all(side is not None for side in sides):
-                return objective  # type: ignore[return-value]
-        raise SpecError(
-            [
-                (
-                    "eval",
-                    f"no objective can score {' against '.join(map('+'.join, supports))}; "
-                    "add one (itc, mga, ...) or set `objective:`",
-                )
-            ]
+            return all(side is not None for side in sides)
+
+        return self.model.objective_with(
+            scores,
+            name,
+            what=f"score {' against '.join(map('+'.join, supports))}",
+            fix="add one (itc, mga, ...) or set `objective:`",
+            error=eval_spec_error,
         )
 
     def _probe_batch(self, supports: Sequence[tuple[str, ...]]) -> Batch:

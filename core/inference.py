@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from accelerate.utils import send_to_device
 from torch import Tensor
 
 from modaloom.core.checkpoint import latest_checkpoint, load_weights
 from modaloom.core.compose import FeatureCache, LoomModel, build_model
-from modaloom.core.data import build_processors, build_sources
+from modaloom.core.data import batch_from_values, build_processors, build_sources
 from modaloom.core.errors import CheckpointError
-from modaloom.core.interfaces import Batch, Processor, Source
+from modaloom.core.generation import TextGenerator
+from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
 from modaloom.core.runner import ARTIFACTS_DIR, CHECKPOINTS_DIR, SPEC_FILE
 from modaloom.core.spec import load_spec
@@ -107,24 +106,23 @@ class Pipeline:
 
     def media_batch(self, media: dict[str, list[Any]]) -> Batch:
         """Process raw values of several modalities (same length) into one batch."""
-        rng = random.Random(0)
-        batch: Batch = {"__keys__": [], "__meta__": []}
-        for field, values in media.items():
-            processor = self.run.processors[field]
-            items = [
-                processor.process(v, key=f"{field}{i}", train=False, rng=rng)
-                for i, v in enumerate(values)
-            ]
-            batch[field] = processor.collate(list(items))
-        return send_to_device(batch, self.run.device)  # type: ignore[no-any-return]
+        return batch_from_values(self.run.processors, media, device=self.run.device)
 
-    def generator(self, qa: bool) -> Any:
-        """The first objective that generates text (``qa``: one trained to answer questions)."""
-        for objective in self.model.objectives:
-            if hasattr(objective, "generate") and objective.answers_questions == qa:
-                return objective
-        kind = "answers questions" if qa else "generates captions"
-        raise CheckpointError(f"no objective of this model {kind} (add an lm or mgc objective)")
+    def generator(self, qa: bool) -> TextGenerator:
+        """The first objective that generates text (``qa``: one trained to answer questions).
+
+        Raises:
+            CheckpointError: no objective of this model does.
+        """
+        generator: TextGenerator = self.model.objective_with(
+            lambda objective: (
+                isinstance(objective, TextGenerator) and objective.answers_questions == qa
+            ),
+            what="answer questions" if qa else "generate captions",
+            fix="add an lm or mgc objective",
+            error=CheckpointError,
+        )
+        return generator
 
     @torch.no_grad()
     def caption(
@@ -153,17 +151,28 @@ class Pipeline:
         return self.run.processors["text"].decode(ids)  # type: ignore[attr-defined,no-any-return]
 
     def embedding_of(self, field: str, batch: Batch) -> Tensor:
-        """Embeddings (N, E) of a batch's ``field`` from the first component and objective that
-        can embed it."""
+        """Embeddings (N, E) of a batch's ``field`` from the first objective that can embed it
+        (with the first component reading ``field`` that it embeds).
+
+        Raises:
+            CheckpointError: no objective of this model embeds ``field``.
+        """
         features = FeatureCache(self.model, batch)
-        for component, inputs in self.model.inputs.items():
-            if field not in inputs:
-                continue
-            for objective in self.model.objectives:
-                side = objective.retrieval_side((component,), features)  # type: ignore[operator]
-                if side is not None and "embedding" in side:
-                    return side["embedding"]  # type: ignore[no-any-return]
-        raise CheckpointError(f"no component and objective of this model embed {field!r}")
+        objective = self.model.objective_with(
+            lambda candidate: self._embedding(candidate, field, features) is not None,
+            what=f"embed {field!r}",
+            error=CheckpointError,
+        )
+        embedding = self._embedding(objective, field, features)
+        assert embedding is not None
+        return embedding
+
+    def _embedding(self, objective: Objective, field: str, features: FeatureCache) -> Tensor | None:
+        for component in self.components_reading(field):
+            side = objective.retrieval_side((component,), features)
+            if side is not None and "embedding" in side:
+                return side["embedding"]
+        return None
 
     @torch.no_grad()
     def embed(self, modality: str, inputs: list[Any]) -> Tensor:
@@ -178,17 +187,31 @@ class Pipeline:
     @torch.no_grad()
     def score(self, texts: list[str], media: list[Any], modality: str = "image") -> Tensor:
         """Similarity (len(texts), len(media)) of captions and media, as the first objective that
-        scores them computes it (a dot product for ITC, fine-grained for MGA)."""
+        scores them computes it (a dot product for ITC, fine-grained for MGA).
+
+        Raises:
+            CheckpointError: no objective of this model scores text against ``modality``.
+        """
         text_features = FeatureCache(self.model, self.batch("text", texts))
         media_features = FeatureCache(self.model, self.batch(modality, media))
-        for text in self.components_reading("text"):
-            for other in self.components_reading(modality):
-                for objective in self.model.objectives:
-                    query = objective.retrieval_side((text,), text_features)  # type: ignore[operator]
-                    target = objective.retrieval_side((other,), media_features)  # type: ignore[operator]
+
+        def sides(objective: Objective) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+            for text in self.components_reading("text"):
+                for other in self.components_reading(modality):
+                    query = objective.retrieval_side((text,), text_features)
+                    target = objective.retrieval_side((other,), media_features)
                     if query is not None and target is not None:
-                        return objective.retrieval_scores(query, target)  # type: ignore[operator,no-any-return]
-        raise CheckpointError(f"no objective of this model scores text against {modality!r}")
+                        return query, target
+            return None
+
+        objective = self.model.objective_with(
+            lambda candidate: sides(candidate) is not None,
+            what=f"score text against {modality!r}",
+            error=CheckpointError,
+        )
+        found = sides(objective)
+        assert found is not None
+        return objective.retrieval_scores(*found)
 
 
 def load(checkpoint: str | Path, device: str | None = None) -> Pipeline:

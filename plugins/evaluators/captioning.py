@@ -20,7 +20,7 @@ from pydantic import Field
 
 from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
-from modaloom.core.evaluation import EvalContext, Evaluator
+from modaloom.core.evaluation import EvalContext, Evaluator, eval_spec_error
 from modaloom.core.features import Group, group_members, present_rows
 from modaloom.core.generation import TextGenerator
 from modaloom.core.hookspecs import hookimpl
@@ -38,20 +38,14 @@ def text_generator(ctx: EvalContext, name: str | None, for_qa: bool) -> TextGene
     Raises:
         SpecError: the named objective does not exist or does not generate text; none does.
     """
-    pairs = list(zip(ctx.model.objective_names, ctx.model.objectives, strict=True))
-    generators = [(n, o) for n, o in pairs if isinstance(o, TextGenerator)]
-    if name is not None:
-        if name not in ctx.model.objective_names:
-            problem = f"no objective named {name!r}; objectives are {ctx.model.objective_names}"
-            raise SpecError([("eval", problem)])
-        for objective_name, objective in generators:
-            if objective_name == name:
-                return objective
-        raise SpecError([("eval", f"objective {name!r} does not generate text; use lm or mgc")])
-    if not generators:
-        raise SpecError([("eval", "no objective generates text; add an lm or mgc objective")])
-    preferred = [o for _, o in generators if o.answers_questions == for_qa]
-    return (preferred or [o for _, o in generators])[0]
+    return ctx.model.objective_with(
+        TextGenerator,
+        name,
+        what="generate text",
+        fix="add an lm or mgc objective",
+        prefer=lambda objective: objective.answers_questions == for_qa,
+        error=eval_spec_error,
+    )
 
 
 def condition_of(objective: TextGenerator, group: Group | None) -> list[str]:

@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import Tensor
 
 from modaloom.core.compose import FeatureCache
+from modaloom.core.data import process_values
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator
 from modaloom.core.features import Group, present_rows
@@ -49,12 +50,10 @@ def encode_questions(processor: TextCodec, questions: list[str]) -> tuple[Tensor
     Returns:
         ``(ids (Q, L), attention_mask (Q, L))``, right-padded.
     """
-    rng = random.Random(0)
-    items = []
-    for question in questions:
-        item = processor.process({"question": question, "answer": ""}, key="", train=False, rng=rng)
-        items.append({"input_ids": item["input_ids"][: int(item["answer_start"])]})
-    batch = processor.collate(list(items))
+    pairs = [{"question": question, "answer": ""} for question in questions]
+    items = process_values(processor, pairs, [""] * len(pairs), random.Random(0))
+    prefixes = [{"input_ids": item["input_ids"][: int(item["answer_start"])]} for item in items]
+    batch = processor.collate(list(prefixes))
     return batch["input_ids"], batch["attention_mask"]
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import random
 from typing import Literal
 
 import torch
-from accelerate.utils import send_to_device
 from pydantic import Field
 from torch import Tensor
 
+from modaloom.core.data import batch_from_values
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
 from modaloom.core.hookspecs import hookimpl
@@ -40,11 +39,7 @@ class ZeroShotSpec(EvaluatorSpec):
 
 def prompt_batch(ctx: EvalContext, texts: list[str]) -> Batch:
     """A text-only batch of ``texts``, tokenized by the data's text processor."""
-    processor = ctx.processors["text"]
-    rng = random.Random(0)
-    items = [processor.process(text, key=text, train=False, rng=rng) for text in texts]
-    batch: Batch = {"text": processor.collate(list(items)), "__keys__": texts, "__meta__": []}
-    return send_to_device(batch, ctx.device)  # type: ignore[no-any-return]
+    return batch_from_values(ctx.processors, {"text": texts}, keys=texts, device=ctx.device)
 
 
 class ZeroShotEvaluator(Evaluator):
