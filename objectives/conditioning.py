@@ -1,10 +1,11 @@
-"""Shared pieces of the text-generating objectives (LM, MGC, ITM, MVLM, MGA): special token ids,
-the decoder lookup and the per-modality condition encoder."""
+"""Shared pieces of the text-generating objectives (LM, MGC, ITM, MVLM): special token ids, the
+decoder lookup, the per-modality condition encoder and conditioned decoding (`decode`), which
+``lm`` (`modaloom.objectives.lm`) and ``mgc`` (`modaloom.objectives.mgc`) both generate with."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, cast
+from typing import Literal, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
 from modaloom.core.features import FeatureCache
-from modaloom.core.generation import SearchTokens
+from modaloom.core.generation import SearchOptions, SearchTokens, decoder_step, search
 from modaloom.core.interfaces import Decoder, TextCodec
 
 
@@ -107,3 +108,79 @@ class ConditionEncoder(nn.Module):
             mask = output.mask[rows] if output.mask is not None else None
             masks.append(mask if mask is not None else sequence.new_ones(sequence.shape[:2]))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1).long()
+
+
+def condition_dims(ctx: BuildContext, names: Sequence[str]) -> dict[str, int]:
+    """D of each named component (duplicates once, in order): `ConditionEncoder`'s ``dims``."""
+    return {name: ctx.output_dim(name) for name in dict.fromkeys(names)}
+
+
+class _NamesDecoder(Protocol):
+    @property
+    def decoder(self) -> str:
+        """The decoder component's name."""
+
+
+class ConditionedGenerator(Protocol):
+    """What `decode` reads of a generating objective (``lm``, ``mgc``)."""
+
+    condition: ConditionEncoder
+    tokens: TextTokens
+
+    @property
+    def config(self) -> _NamesDecoder:
+        """The objective's spec; ``decoder`` names its decoder component."""
+
+    @property
+    def default_condition(self) -> list[str]:
+        """The components generation conditions on when none are given."""
+
+
+def decode(
+    objective: ConditionedGenerator,
+    features: FeatureCache,
+    condition: str | Sequence[str] | None,
+    rows: Tensor | None,
+    prefix: Tensor,
+    prefix_mask: Tensor,
+    tail: int | None,
+    mode: Literal["causal", "prefix"],
+    options: SearchOptions,
+) -> Tensor:
+    """Search with ``objective``'s decoder after per-row prefixes, conditioned as in training.
+
+    Args:
+        objective: an ``lm`` or ``mgc`` objective (its condition encoder, decoder and tokens).
+        features: the batch's feature cache.
+        condition: components to condition on; ``None``: ``objective.default_condition``.
+        rows: (n,) samples (default: all).
+        prefix: (n, P) or (1, P) ids every row starts with, right-padded.
+        prefix_mask: like ``prefix``, 1 for real tokens.
+        tail: id appended after the generated tokens and read (MGC's [MASK]), or ``None``.
+        mode: ``causal``, or ``prefix`` (bidirectional over the prefix).
+        options: the search options.
+
+    Returns:
+        (n, T) generated ids (`modaloom.core.generation.search`).
+
+    Raises:
+        ValueError: ``condition`` names a component the objective has no adapter for.
+    """
+    names = objective.default_condition if condition is None else condition
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in objective.condition.adapters]
+    if unknown:
+        known = list(objective.condition.adapters)
+        raise ValueError(f"cannot condition on {unknown}: this objective knows {known}")
+    sequence = features[names[0]].sequence
+    device = sequence.device
+    rows = torch.arange(sequence.shape[0], device=device) if rows is None else rows.to(device)
+    cond, cond_mask = objective.condition(features, names, rows)
+    prefix = prefix.to(device).expand(rows.shape[0], -1)
+    lengths = prefix_mask.to(device).expand(rows.shape[0], -1).sum(dim=1)
+    decoder = decoder_of(features, objective.config.decoder)
+    tokens = objective.tokens
+    step = decoder_step(
+        decoder, prefix, lengths, cond, cond_mask, tail=tail, mode=mode, pad=tokens.pad
+    )
+    return search(step, rows.shape[0], tokens.search, options, device)

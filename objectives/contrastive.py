@@ -1,4 +1,9 @@
-"""ITC: in-batch image/video/audio-text contrastive loss with a learnable, clamped temperature."""
+"""ITC: in-batch image/video/audio-text contrastive loss with a learnable, clamped temperature.
+
+`contrastive_loss` is the pure function (SPEC §B1, with label-aware positives §B3); `TwoTower`
+and `ClampedTemperature` are the projections and temperature that every contrastive objective
+(``itc``, ``itc_queue``, ``univlc``, ``cots_contrastive``, and MGA's temperature) builds on.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,35 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
-from modaloom.objectives.functional import contrastive_loss
+from modaloom.objectives.losses import label_equality, soft_cross_entropy
+
+
+def contrastive_loss(
+    a: Tensor, b: Tensor, temperature: float | Tensor, labels: Tensor | None = None
+) -> Tensor:
+    """Symmetric in-batch InfoNCE (SPEC B1), optionally with label-aware positives (B3).
+
+    Args:
+        a: (B, D) L2-normalised, e.g. visual features.
+        b: (B, D) L2-normalised, e.g. text features; row i of ``a`` and ``b`` are a pair.
+        temperature: tau; logits are ``a @ b.T / tau``.
+        labels: optional (B,) integer labels; every same-label pair is a positive and each
+            row's targets are normalised to sum to one. Negative labels match only their pair.
+
+    Returns:
+        Scalar, the mean of the a->b and b->a cross-entropies (0 for B = 1).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"a and b must both be (B, D), got {tuple(a.shape)} and {tuple(b.shape)}")
+    logits = a @ b.T / temperature
+    eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+    positives = eye if labels is None else label_equality(labels, labels) | eye
+    targets = positives.to(logits.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    # positives is symmetric, so the same normalised rows serve the b->a direction.
+    a2b = soft_cross_entropy(logits, targets)
+    b2a = soft_cross_entropy(logits.T, targets)
+    return (a2b.mean() + b2a.mean()) / 2
 
 
 class TwoTowerSpec(ObjectiveSpec):

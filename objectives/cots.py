@@ -38,22 +38,116 @@ from torch import Tensor
 from modaloom.core.compose import BuildContext, FeatureCache
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.registry import Registry
-from modaloom.objectives.functional import (
-    amf_keep_mask,
-    queue_logits,
-    task_alignment_kl,
-    zero_loss_like,
-)
-from modaloom.objectives.queue_contrastive import (
+from modaloom.objectives.losses import zero_loss_like
+from modaloom.objectives.momentum_contrast import (
     SHARED_QUEUE,
     MomentumContrast,
     MomentumQueueSpec,
 )
 
-__all__ = ["AMF_KEEP_KEY", "COTSContrast", "COTSContrastSpec"]
+__all__ = [
+    "AMF_KEEP_KEY",
+    "COTSContrast",
+    "COTSContrastSpec",
+    "amf_keep_mask",
+    "instance_queue_loss",
+    "queue_logits",
+    "task_alignment_kl",
+]
 
 AMF_KEEP_KEY = "amf_keep"
 """``features.shared`` key of the (B,) bool AMF keep-mask (present pairs that passed)."""
+
+
+def queue_logits(x: Tensor, positive: Tensor, queue: Tensor, temperature: float | Tensor) -> Tensor:
+    """Logits of each query against its momentum positive, then the queue (SPEC B2, B9).
+
+    Args:
+        x: (B, D) online queries.
+        positive: (B, D) momentum feature of each query's pair (detached here).
+        queue: (K, D) negatives of the other modality (detached here).
+        temperature: tau.
+
+    Returns:
+        (B, 1 + K); column 0 is the positive.
+    """
+    pos = (x * positive.detach()).sum(dim=1, keepdim=True)
+    return torch.cat([pos, x @ queue.detach().T], dim=1) / temperature
+
+
+def instance_queue_loss(
+    v: Tensor,
+    t: Tensor,
+    v_hat: Tensor,
+    t_hat: Tensor,
+    queue_v: Tensor,
+    queue_t: Tensor,
+    temperature: float | Tensor,
+) -> Tensor:
+    """COTS instance-level loss (SPEC B2): momentum positive plus queue negatives, per sample.
+
+    ``L_I2T[i] = -log softmax([v_i.t_hat_i, v_i.Q^l] / tau)[0]`` and symmetrically ``L_T2I``.
+
+    Args:
+        v: (B, D) online visual features.
+        t: (B, D) online text features.
+        v_hat: (B, D) momentum visual features.
+        t_hat: (B, D) momentum text features.
+        queue_v: (K, D) visual queue.
+        queue_t: (K, D) text queue.
+        temperature: tau.
+
+    Returns:
+        (B,) ``L_I2T[i] + L_T2I[i]``; COTS's L_inst is its mean over the kept (AMF) samples.
+    """
+    i2t = queue_logits(v, t_hat, queue_t, temperature)
+    t2i = queue_logits(t, v_hat, queue_v, temperature)
+    return (torch.logsumexp(i2t, dim=1) - i2t[:, 0]) + (torch.logsumexp(t2i, dim=1) - t2i[:, 0])
+
+
+def task_alignment_kl(i2t_logits: Tensor, t2i_logits: Tensor) -> Tensor:
+    """Symmetric KL between the I2T and T2I distributions over the queue (COTS, SPEC B9).
+
+    Rows are independent, so filter rows (AMF) before calling. Both directions get gradient.
+
+    Args:
+        i2t_logits: (B, 1 + K) from :func:`queue_logits` for images.
+        t2i_logits: (B, 1 + K) from :func:`queue_logits` for texts (same queue order).
+
+    Returns:
+        Scalar, mean over rows of ``KL(p || q) + KL(q || p)``; a zero with a graph when B = 0.
+    """
+    if i2t_logits.shape[0] == 0:
+        return zero_loss_like(i2t_logits, t2i_logits)
+    log_p = F.log_softmax(i2t_logits, dim=1)
+    log_q = F.log_softmax(t2i_logits, dim=1)
+    kl_pq = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    kl_qp = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    return kl_pq + kl_qp
+
+
+@torch.no_grad()
+def amf_keep_mask(
+    pair_similarity: Tensor, queue_similarity: Tensor, num_std: float = 2.0
+) -> Tensor:
+    """Adaptive momentum filter (COTS, SPEC B10): keep pairs above ``mu - num_std * sigma``.
+
+    Pass only real queue rows (see ``FeatureQueue.filled_mask``); with fewer than two the
+    statistics are undefined and every pair is kept. sigma is the population std.
+
+    Args:
+        pair_similarity: (B,) ``v_hat_i . t_hat_i``.
+        queue_similarity: (K,) ``q^v_j . q^l_j`` over the queue.
+        num_std: how many standard deviations below the mean the threshold sits.
+
+    Returns:
+        (B,) bool, True for pairs to keep.
+    """
+    if queue_similarity.numel() < 2:
+        return torch.ones_like(pair_similarity, dtype=torch.bool)
+    q = queue_similarity.float()
+    threshold = q.mean() - num_std * q.std(correction=0)
+    return pair_similarity.float() > threshold
 
 
 class COTSContrastSpec(MomentumQueueSpec):

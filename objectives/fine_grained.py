@@ -51,7 +51,8 @@ from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
 from modaloom.objectives.contrastive import ClampedTemperature
-from modaloom.objectives.functional import fine_grained_similarity, zero_loss_like
+from modaloom.objectives.fine_grained_similarity import fine_grained_similarity
+from modaloom.objectives.losses import zero_loss_like
 
 __all__ = ["MGA", "MGASpec", "frame_features", "similarity_contrastive_loss"]
 
@@ -320,8 +321,6 @@ def make_mga(config: MGASpec, ctx: BuildContext) -> MGA:
     """Registry factory of ``mga``."""
     names = [name for group in config.groups for name in (group[0], *group_members(group))]
     return MGA(config, {name: ctx.output_dim(name) for name in dict.fromkeys(names)})
-
-
 
 
 @hookimpl

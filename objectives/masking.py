@@ -2,7 +2,7 @@
 
 `mask_tokens_for_mlm` serves MGC (VALOR, 60% of the caption) and MVLM's CMLM (COTS, 15%);
 `block_mask_patches` is MVLM's BEiT-style CMVM patch masking. Attention masks are the decoder's
-business (`modaloom.modalities.text_decoder`).
+business (`modalities/text_decoder.py`).
 """
 
 from __future__ import annotations

@@ -47,16 +47,62 @@ from modaloom.core.distributed import (
     world_size,
 )
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Objective
+from modaloom.core.interfaces import Decoder, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec
-from modaloom.modalities.text_decoder import BertTextDecoder
 from modaloom.objectives.conditioning import TextTokens, check_decoder, decoder_of, text_tokens
 from modaloom.objectives.contrastive import ClampedTemperature
-from modaloom.objectives.functional import itm_hard_negatives, zero_loss_like
-from modaloom.objectives.queue_contrastive import SIMILARITY_KEY
+from modaloom.objectives.losses import zero_loss_like
+from modaloom.objectives.momentum_contrast import SIMILARITY_KEY
 
-__all__ = ["ITM", "ITMSpec"]
+__all__ = ["ITM", "ITMSpec", "itm_hard_negatives"]
+
+
+@torch.no_grad()
+def _sample_negatives(sim: Tensor, allowed: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One column per row of ``sim`` with p ∝ softmax(sim) + 1e-4 over ``allowed``; -1 if none."""
+    weights = (F.softmax(sim.float(), dim=1) + 1e-4).masked_fill(~allowed, 0.0)
+    broken = ~torch.isfinite(weights).all(dim=1) | (weights.sum(dim=1) <= 0)
+    weights = torch.where(broken[:, None], allowed.float(), weights)  # uniform fallback
+    has_negative = allowed.any(dim=1)
+    weights[~has_negative] = 1.0  # placeholder so multinomial accepts the row; replaced by -1
+    picked = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return torch.where(has_negative, picked, torch.full_like(picked, -1))
+
+
+def itm_hard_negatives(
+    sim_t2v: Tensor,
+    sim_v2t: Tensor,
+    positive_mask: Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sample one hard negative per text and per visual sample for ITM (SPEC B4).
+
+    Row i draws column j with probability ∝ ``softmax(sim[i])[j] + 1e-4`` over the columns that
+    are not positives of i. A row whose weights are unusable (non-finite similarities) falls
+    back to uniform over its non-positives; a row with no non-positive gets -1 (drop it).
+
+    Args:
+        sim_t2v: (B, M) text i vs visual j similarities (e.g. in-batch ITC logits).
+        sim_v2t: (B, M) visual i vs text j similarities.
+        positive_mask: (B, M) bool, True where sample i and sample j are positives: the same
+            pair (**it must include each row's own pair**, e.g. the diagonal) or the same label.
+            The relation is symmetric, so it serves both directions.
+        generator: random source (on the similarities' device).
+
+    Returns:
+        ``(neg_visual_idx, neg_text_idx)``, each (B,) long: the negative visual sample for each
+        text and the negative text for each visual sample, -1 where none exists (e.g. B = 1).
+    """
+    if not sim_t2v.shape == sim_v2t.shape == positive_mask.shape:
+        raise ValueError(
+            "sim_t2v, sim_v2t and positive_mask must share one (B, M) shape, got "
+            f"{tuple(sim_t2v.shape)}, {tuple(sim_v2t.shape)}, {tuple(positive_mask.shape)}"
+        )
+    allowed = ~positive_mask.bool()
+    neg_visual = _sample_negatives(sim_t2v, allowed, generator)
+    neg_text = _sample_negatives(sim_v2t, allowed, generator)
+    return neg_visual, neg_text
 
 
 class ITMSpec(ObjectiveSpec):
@@ -172,7 +218,7 @@ class ITM(Objective):
 
     def match_logits(
         self,
-        decoder: BertTextDecoder,
+        decoder: Decoder,
         input_ids: Tensor,
         attention_mask: Tensor,
         visual: Tensor,

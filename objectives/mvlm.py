@@ -57,7 +57,8 @@ from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec, Spec
 from modaloom.objectives.conditioning import TextTokens, text_tokens
 from modaloom.objectives.cots import AMF_KEEP_KEY
-from modaloom.objectives.functional import block_mask_patches, mask_tokens_for_mlm, zero_loss_like
+from modaloom.objectives.losses import zero_loss_like
+from modaloom.objectives.masking import block_mask_patches, mask_tokens_for_mlm
 
 __all__ = ["MVLM", "DVAETokenizerSpec", "KMeansPatchTokenizer", "KMeansTokenizerSpec", "MVLMSpec"]
 

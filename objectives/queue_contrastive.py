@@ -1,10 +1,9 @@
 """ITC with a momentum queue (BLIP/OmniVL, SPEC §B2) and UniVLC (OmniVL, SPEC §B3), one module.
 
-`MomentumContrast` holds what every momentum-queue objective needs, written once: two
-projections to a shared embedding space, `MomentumCopy` s of both components and both
-projections (EMA in `after_optimizer_step`), `FeatureQueue` s and a clamped learnable
-temperature. `QueueContrastive` adds the BLIP/OmniVL loss (`contrastive_loss_with_queue`) and is
-registered twice: ``itc_queue`` (positives = the pair, plus equal ``ids`` when given) and
+`QueueContrastive` builds on `MomentumContrast` (`modaloom.objectives.momentum_contrast`: the
+momentum copies, feature queues and clamped temperature every momentum-queue objective shares),
+adds the BLIP/OmniVL loss (`contrastive_loss_with_queue`, beside it here) and is registered
+twice: ``itc_queue`` (positives = the pair, plus equal ``ids`` when given) and
 ``univlc`` (positives = every batch and queue sample of the same class; the flag is
 ``use_labels``). COTS's objective (`modaloom.objectives.cots`) builds on the same base.
 
@@ -26,56 +25,39 @@ Choices the papers leave open:
 * Samples missing either modality (``present`` False) take no part and are not enqueued.
 
 For ITM's hard negatives the online in-batch logits are published in
-``features.shared[SIMILARITY_KEY][(a, b)]`` (see `share_similarity`).
+``features.shared[SIMILARITY_KEY][(a, b)]`` (`MomentumContrast.step_embeddings`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from modaloom.core.compose import BuildContext, FeatureCache, _default_inputs
+from modaloom.core.compose import BuildContext, FeatureCache
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.momentum import FeatureQueue, MomentumCopy
 from modaloom.core.registry import Registry
-from modaloom.objectives.contrastive import TwoTower, TwoTowerSpec
-from modaloom.objectives.functional import (
-    contrastive_loss_with_queue,
-    remap_caption_labels,
-    zero_loss_like,
+from modaloom.objectives.losses import label_equality, soft_cross_entropy, zero_loss_like
+from modaloom.objectives.momentum_contrast import (
+    SHARED_QUEUE,
+    MomentumContrast,
+    MomentumQueueSpec,
+    component_fields,
 )
 
 __all__ = [
-    "SIMILARITY_KEY",
     "ITCQueueSpec",
-    "MomentumContrast",
-    "MomentumQueueSpec",
     "QueueContrastive",
     "UniVLCSpec",
-    "component_fields",
-    "share_similarity",
+    "contrastive_loss_with_queue",
+    "make_queue_contrastive",
+    "positive_targets",
+    "remap_caption_labels",
 ]
-
-SIMILARITY_KEY = "itc_sim"
-"""``features.shared`` key: ``{(a, b): (B, B) detached logits of a_i against b_j}``."""
-
-SHARED_QUEUE = "shared"
-"""Name of the single queue when queues are not kept per modality."""
-
-
-class MomentumQueueSpec(TwoTowerSpec):
-    """Fields shared by the momentum-queue contrastive objectives (not registered itself);
-    ``a`` is the visual (or audio) component, ``b`` the text one."""
-
-    queue_size: int = Field(57600, gt=0)
-    """Rows per feature queue (OmniVL: 57,600; any size works, writes wrap around)."""
-    momentum: float = Field(0.995, ge=0.0, le=1.0)
-    """EMA coefficient m of the momentum copies (OmniVL 0.995, COTS 0.99)."""
 
 
 class _DistillationFields(MomentumQueueSpec):
@@ -108,117 +90,134 @@ class UniVLCSpec(_DistillationFields):
     """Keep one queue per batch field of ``a`` (image / video); see the module docstring."""
 
 
-def component_fields(ctx: BuildContext, name: str) -> tuple[str, ...]:
-    """The batch fields component ``name`` may read, as `build_model` resolves them."""
-    spec = ctx.specs.get(name)
-    if spec is not None:
-        return _default_inputs(ctx.registry, spec)
-    modality = getattr(ctx.component(name), "modality", ())
-    return (modality,) if isinstance(modality, str) else tuple(modality)
+def remap_caption_labels(labels_batch: Tensor, labels_queue: Tensor) -> tuple[Tensor, Tensor]:
+    """Give every caption pair (negative label) a fresh unique label (SPEC B3(d)).
 
-
-def share_similarity(features: FeatureCache, a: str, b: str, logits: Tensor) -> None:
-    """Publish in-batch logits ``a_i . b_j / tau`` (B, B) for later objectives (ITM)."""
-    features.shared.setdefault(SIMILARITY_KEY, {})[(a, b)] = logits.detach()
-
-
-class StepEmbeddings(NamedTuple):
-    """What `MomentumContrast.step_embeddings` returns."""
-
-    present: Tensor
-    """(B,) bool: samples carrying both modalities."""
-    za: Tensor
-    """(B, E) online embeddings of ``a``."""
-    zb: Tensor
-    """(B, E) online embeddings of ``b``."""
-    za_hat: Tensor
-    """(B, E) momentum embeddings of ``a`` (no gradient)."""
-    zb_hat: Tensor
-    """(B, E) momentum embeddings of ``b`` (no gradient)."""
-    temperature: Tensor
-    """The clamped temperature (0-d)."""
-
-
-class MomentumContrast(TwoTower):
-    """Projections, momentum copies, queues and temperature of a momentum-queue objective.
+    Non-negative labels are kept. Negative ones become ``max_label + 1, max_label + 2, ...``,
+    batch first, then queue, where ``max_label`` is the largest label in batch and queue (-1 if
+    none), so caption pairs never collide with a class or with each other, and stale queue
+    entries never collide with a new batch. Call it at every step; the queue keeps storing -1.
+    The losses in this module already treat negative labels as unique, so they need no
+    remapping; this is for code that needs concrete non-negative labels (OmniVL's form).
 
     Args:
-        config: the objective's spec.
-        online: the online components ``{"a": ..., "b": ...}`` (not registered here; only
-            their momentum copies are).
-        dim_a: D of component ``a``.
-        dim_b: D of component ``b``.
-        queue_keys: one `FeatureQueue` per key (batch fields of ``a``, or ``("shared",)``).
-        extra_queue_dims: queues besides ``a`` and ``b`` (COTS's similarity queue ``sim``: 1).
+        labels_batch: (B,) integer labels, negative = caption pair.
+        labels_queue: (K,) integer labels, negative = caption pair or never written.
+
+    Returns:
+        The remapped ``(labels_batch, labels_queue)``, long.
     """
+    labels = torch.cat([labels_batch, labels_queue.to(labels_batch.device)]).long()
+    missing = labels < 0
+    base = labels.max().clamp(min=-1) + 1 if labels.numel() else labels.new_zeros(())
+    fresh = base + torch.cumsum(missing.long(), dim=0) - 1
+    labels = torch.where(missing, fresh, labels)
+    return labels[: labels_batch.shape[0]], labels[labels_batch.shape[0] :]
 
-    def __init__(
-        self,
-        config: Any,
-        online: Mapping[str, nn.Module],
-        dim_a: int,
-        dim_b: int,
-        queue_keys: tuple[str, ...],
-        extra_queue_dims: Mapping[str, int] | None = None,
-    ) -> None:
-        super().__init__(config, dim_a, dim_b)
-        self._online: dict[str, nn.Module] = dict(online)  # a plain dict: not submodules
-        self.momentum = MomentumCopy(self._momentum_targets())
-        dims = {"a": config.embed_dim, "b": config.embed_dim, **(extra_queue_dims or {})}
-        self.queues = nn.ModuleDict(
-            {key: FeatureQueue(config.queue_size, dims) for key in queue_keys}
-        )
 
-    def _momentum_targets(self) -> dict[str, nn.Module]:
-        return {**self._online, "proj_a": self.proj_a, "proj_b": self.proj_b}
+def positive_targets(
+    batch_size: int,
+    queue_size: int,
+    *,
+    labels: Tensor | None = None,
+    queue_labels: Tensor | None = None,
+    ids: Tensor | None = None,
+    queue_ids: Tensor | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Normalised target rows over ``[batch; queue]`` candidates (SPEC B2/B3).
 
-    def remember(self, features: FeatureCache) -> None:
-        """Keep references to this step's online components for `after_optimizer_step`."""
-        self._online = {
-            "a": features.components[self.config.a],
-            "b": features.components[self.config.b],
-        }
+    Candidate ``j < B`` is batch sample ``j`` (its momentum feature), ``j >= B`` is queue row
+    ``j - B``. Sample i's positives: itself, plus every candidate with the same non-negative id
+    or the same non-negative label. Caption pairs therefore stay unique without remapping.
 
-    def momentum_embed(self, features: FeatureCache) -> tuple[Tensor, Tensor]:
-        """Momentum L2-normalised embeddings of both sides, (B, E) each, without gradient."""
-        out = []
-        for side in ("a", "b"):
-            name = getattr(self.config, side)
-            field = features.model.input_field(name, features.batch)
-            pooled = self.momentum[side](features.batch[field]).pooled
-            out.append(F.normalize(self.momentum[f"proj_{side}"](pooled), dim=-1))
-        return out[0], out[1]
+    Args:
+        batch_size: B.
+        queue_size: K.
+        labels: (B,) labels, with ``queue_labels`` (K,); both or neither.
+        queue_labels: (K,) labels stored in the queue.
+        ids: (B,) sample ids (e.g. COCO image ids), with ``queue_ids`` (K,); both or neither.
+        queue_ids: (K,) ids stored in the queue.
+        device: where to build the targets when no labels or ids are given.
 
-    def queue_for(self, features: FeatureCache) -> FeatureQueue:
-        """The queue of this batch: the one of ``a``'s batch field, or the shared one."""
-        key = SHARED_QUEUE
-        if SHARED_QUEUE not in self.queues:
-            key = features.model.input_field(self.config.a, features.batch)
-        queue = self.queues[key]
-        assert isinstance(queue, FeatureQueue)
-        return queue
+    Returns:
+        (B, B + K) float targets whose rows sum to one.
+    """
+    eye = torch.eye(batch_size, batch_size + queue_size, dtype=torch.bool, device=device)
+    positives = eye
+    for name, rows, queue in (("labels", labels, queue_labels), ("ids", ids, queue_ids)):
+        if (rows is None) != (queue is None):
+            raise ValueError(f"pass both {name} and queue_{name}, or neither")
+        if rows is not None and queue is not None:
+            positives = positives.to(rows.device)
+            positives = positives | label_equality(rows, torch.cat([rows, queue.to(rows.device)]))
+    targets = positives.float()
+    return targets / targets.sum(dim=1, keepdim=True)
 
-    def step_embeddings(self, features: FeatureCache) -> StepEmbeddings:
-        """This step's online and momentum embeddings and the clamped temperature.
 
-        Also remembers the online components for `after_optimizer_step` and publishes the
-        in-batch logits for ITM (`share_similarity`): what every momentum-queue objective does
-        before its own loss.
-        """
-        self.remember(features)
-        za, zb = self.embed(features)
-        temperature = self.temperature()
-        share_similarity(features, self.config.a, self.config.b, za @ zb.T / temperature)
-        za_hat, zb_hat = self.momentum_embed(features)
-        return StepEmbeddings(self.present(features), za, zb, za_hat, zb_hat, temperature)
+def contrastive_loss_with_queue(
+    v: Tensor,
+    t: Tensor,
+    v_hat: Tensor,
+    t_hat: Tensor,
+    queue_v: Tensor,
+    queue_t: Tensor,
+    temperature: float | Tensor,
+    *,
+    alpha: float = 0.0,
+    labels: Tensor | None = None,
+    queue_labels: Tensor | None = None,
+    ids: Tensor | None = None,
+    queue_ids: Tensor | None = None,
+) -> Tensor:
+    """ITC with a momentum queue and momentum distillation (BLIP/OmniVL, SPEC B2); UniVLC (B3).
 
-    def present(self, features: FeatureCache) -> Tensor:
-        """(B,) bool: samples carrying both modalities."""
-        return features.present(self.config.a) & features.present(self.config.b)
+    Candidates for v_i are ``[t_hat; queue_t]`` (and symmetrically for t_i); the targets are
+    ``alpha * softmax(momentum similarities) + (1 - alpha) * positive_targets(...)``. With
+    ``labels`` this is UniVLC: positives are all batch and queue samples of the same label, each
+    row normalised to sum to one (SPEC B3(a); OmniVL's code leaves the rows multi-hot).
 
-    def after_optimizer_step(self) -> None:
-        """EMA update of the momentum components and projections."""
-        self.momentum.update(self._momentum_targets(), self.config.momentum)
+    Args:
+        v: (B, D) online visual features.
+        t: (B, D) online text features.
+        v_hat: (B, D) momentum visual features of the same (local) batch.
+        t_hat: (B, D) momentum text features.
+        queue_v: (K, D) visual queue.
+        queue_t: (K, D) text queue, row-aligned with ``queue_v``.
+        temperature: tau (its gradient flows through the online logits only).
+        alpha: distillation weight in [0, 1]; 0 gives plain hard targets.
+        labels: (B,) labels with ``queue_labels`` (K,), see :func:`positive_targets`.
+        queue_labels: (K,) labels stored in the queue.
+        ids: (B,) sample ids with ``queue_ids`` (K,).
+        queue_ids: (K,) ids stored in the queue.
+
+    Returns:
+        Scalar, the mean of the v->t and t->v soft cross-entropies.
+    """
+    cand_t = torch.cat([t_hat, queue_t]).detach()
+    cand_v = torch.cat([v_hat, queue_v]).detach()
+    v2t = v @ cand_t.T / temperature
+    t2v = t @ cand_v.T / temperature
+    targets = positive_targets(
+        v.shape[0],
+        queue_v.shape[0],
+        labels=labels,
+        queue_labels=queue_labels,
+        ids=ids,
+        queue_ids=queue_ids,
+        device=v.device,
+    ).to(v2t.dtype)
+    targets_v2t, targets_t2v = targets, targets
+    if alpha > 0:
+        with torch.no_grad():
+            tau = temperature.detach() if isinstance(temperature, Tensor) else temperature
+            soft_v2t = F.softmax(v_hat.detach() @ cand_t.T / tau, dim=1)
+            soft_t2v = F.softmax(t_hat.detach() @ cand_v.T / tau, dim=1)
+        targets_v2t = alpha * soft_v2t + (1 - alpha) * targets
+        targets_t2v = alpha * soft_t2v + (1 - alpha) * targets
+    loss_v2t = soft_cross_entropy(v2t, targets_v2t).mean()
+    loss_t2v = soft_cross_entropy(t2v, targets_t2v).mean()
+    return (loss_v2t + loss_t2v) / 2
 
 
 class QueueContrastive(MomentumContrast):
@@ -323,9 +322,6 @@ def make_queue_contrastive(
         ctx.output_dim(config.b),
         keys or (SHARED_QUEUE,),
     )
-
-
-"""Tiny components of an image-text objective, for the registry-driven tests."""
 
 
 @hookimpl

@@ -10,8 +10,12 @@ from torch.testing import assert_close
 from modaloom.core.compose import FeatureCache, LoomModel
 from modaloom.core.interfaces import Batch, Encoder, EncoderOutput
 from modaloom.core.momentum import FeatureQueue
-from modaloom.objectives.cots import AMF_KEEP_KEY, COTSContrast, COTSContrastSpec
-from modaloom.objectives.functional import instance_queue_loss
+from modaloom.objectives.cots import (
+    AMF_KEEP_KEY,
+    COTSContrast,
+    COTSContrastSpec,
+    instance_queue_loss,
+)
 
 B, DIM, TAU = 4, 6, 0.05
 

@@ -12,13 +12,13 @@ from torch.testing import assert_close
 
 from modaloom.core.compose import FeatureCache, LoomModel
 from modaloom.core.interfaces import Batch, Encoder, EncoderOutput
+from modaloom.objectives.contrastive import contrastive_loss
 from modaloom.objectives.fine_grained import (
     MGA,
     MGASpec,
     frame_features,
     similarity_contrastive_loss,
 )
-from modaloom.objectives.functional import contrastive_loss
 
 B, D = 4, 5
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.testing import assert_close
 
-from modaloom.objectives.functional import fine_grained_similarity, masked_softmax
+from modaloom.objectives.fine_grained_similarity import fine_grained_similarity, masked_softmax
 
 
 def fine_grained_similarity_reference(

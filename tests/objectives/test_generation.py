@@ -24,7 +24,8 @@ from modaloom.core.generation import (
 from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
 from modaloom.modalities.text import SPECIAL_TOKENS, TextProcessor, train_wordpiece
-from modaloom.objectives.captioning import MGC, LanguageModeling
+from modaloom.objectives.lm import LanguageModeling
+from modaloom.objectives.mgc import MGC
 from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 PAD, CLS, SEP, MASK, A, B, C, D = range(8)

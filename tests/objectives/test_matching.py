@@ -17,9 +17,8 @@ from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
 from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.modalities.text_decoder import BertTextDecoder
-from modaloom.objectives.functional import itm_hard_negatives
-from modaloom.objectives.matching import ITM
-from modaloom.objectives.queue_contrastive import SIMILARITY_KEY
+from modaloom.objectives.matching import ITM, itm_hard_negatives
+from modaloom.objectives.momentum_contrast import SIMILARITY_KEY
 from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)

@@ -10,12 +10,8 @@ from torch.testing import assert_close
 from modaloom.core.compose import FeatureCache, LoomModel
 from modaloom.core.interfaces import Batch, Encoder, EncoderOutput
 from modaloom.core.momentum import FeatureQueue
-from modaloom.objectives.queue_contrastive import (
-    SIMILARITY_KEY,
-    ITCQueueSpec,
-    QueueContrastive,
-    UniVLCSpec,
-)
+from modaloom.objectives.momentum_contrast import SIMILARITY_KEY
+from modaloom.objectives.queue_contrastive import ITCQueueSpec, QueueContrastive, UniVLCSpec
 
 B, DIM = 4, 6
 
