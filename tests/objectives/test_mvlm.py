@@ -17,10 +17,11 @@ from modaloom.core.compose import FeatureCache, LoomModel, build_model
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import Batch
 from modaloom.core.plugins import load_plugins
+from modaloom.core.spec import load_spec
 from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.objectives.cots import AMF_KEEP_KEY
-from modaloom.objectives.functional import block_mask_patches, mask_tokens_for_mlm
-from modaloom.objectives.mvlm import DVAE_MESSAGE, MVLM, KMeansPatchTokenizer, MVLMSpec, patchify
+from modaloom.objectives.masking import block_mask_patches, mask_tokens_for_mlm
+from modaloom.objectives.mvlm import MVLM, KMeansPatchTokenizer, MVLMSpec, patchify
 from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)
@@ -166,10 +167,19 @@ def test_kmeans_first_call_initialises_from_the_batch_patches() -> None:
     assert (nearest < torch.cdist(patches, patches).max()).all()  # centroids live among patches
 
 
+def test_a_dvae_tokenizer_is_refused_with_its_path_and_the_way_out() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec("cots-tiny", ["model.objectives.1.visual_tokenizer={type: dvae}"], REGISTRY)
+    assert info.value.problems == [
+        (
+            "model.objectives.1.visual_tokenizer.dvae",
+            "not implemented: provide a pretrained dVAE (COTS uses DALL-E's, 8192 codes) as a "
+            "visual tokenizer plugin, or use {type: kmeans, codes: 512}",
+        )
+    ]
+
+
 def test_config_errors() -> None:
-    with pytest.raises(ValidationError, match="not implemented: provide a pretrained dVAE"):
-        MVLMSpec.model_validate({"visual_tokenizer": {"type": "dvae"}})
-    assert "kmeans" in DVAE_MESSAGE
     with pytest.raises(ValidationError, match="enable cmlm, cmvm or both"):
         MVLMSpec(cmlm=False, cmvm=False)
     with pytest.raises(SpecError, match="cmvm needs a vit component"):
