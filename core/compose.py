@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, overload
 
-import torch
 from torch import Tensor, nn
 
 from modaloom.core.errors import SpecError
@@ -296,8 +295,3 @@ def count_parameters(model: nn.Module) -> int:
     """Distinct trainable parameters (shared tensors counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-
-def no_grad_encode(model: LoomModel, name: str, batch: Batch) -> EncoderOutput:
-    """Encode without building a graph (evaluation)."""
-    with torch.no_grad():
-        return model.encode(name, batch)
