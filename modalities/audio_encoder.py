@@ -8,7 +8,7 @@ their pooled features averaged (SPEC §A2).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,33 +19,27 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ComponentSpec
+from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
 
 __all__ = ["ASTEncoder", "ASTEncoderSpec", "load_ast", "resize_ast_positions"]
 
 DEFAULT_MEL_BINS, DEFAULT_LENGTH = 64, 512
 """VALOR's spectrogram shape: 64 mel bins by 512 frames (5 s at a 10 ms hop)."""
 
-SDPA: dict[str, Any] = {"attn_implementation": "sdpa"}
-"""Config keyword selecting PyTorch scaled-dot-product attention."""
 
+class ASTEncoderSpec(HFEncoderSpec):
+    """An AST audio encoder: `transformers`' `ASTModel` and `ASTConfig` (``model.components.*``).
 
-class ASTEncoderSpec(ComponentSpec):
-    """An AST audio encoder from `transformers` (``model.components.<name>``)."""
+    ``config.num_mel_bins`` and ``config.max_length`` default to ``data.audio.mel_bins`` and
+    ``data.audio.target_length`` (64 and 512 without an audio spec). A ``pretrained`` checkpoint
+    whose spectrogram shape differs from those gets its position embeddings resized by
+    interpolation (`resize_ast_positions`).
+    """
 
     type: Literal["ast"] = "ast"
-    pretrained: str | None = None
-    """`ASTModel` checkpoint name or directory; random init when omitted. When its spectrogram
-    shape differs from the data's, its position embeddings are resized by interpolation."""
-    config: dict[str, Any] = {}
-    """`ASTConfig` fields (random init) or overrides (with ``pretrained``). ``num_mel_bins`` and
-    ``max_length`` default to ``data.audio.mel_bins`` and ``data.audio.target_length``
-    (64 and 512 without an audio spec)."""
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Pooling = "cls"
     """Per-clip feature: AST's mean of the [CLS] and distillation tokens, or the mean of the
     patch tokens."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
 
 
 class ASTEncoder(Encoder):
@@ -85,7 +79,9 @@ class ASTEncoder(Encoder):
         values = spectrogram.flatten(0, 1).transpose(1, 2).to(dtype)  # (B*N, L, M)
         output = self.ast(input_values=values)
         tokens = output.last_hidden_state  # (B*N, S, D)
-        per_clip = output.pooler_output if self.pooling == "cls" else tokens[:, 2:].mean(dim=1)
+        per_clip = (
+            output.pooler_output if self.pooling == "cls" else pool_tokens(tokens, "mean", skip=2)
+        )
         sequence = tokens.unflatten(0, (batch, clips)).flatten(1, 2)
         pooled = per_clip.unflatten(0, (batch, clips)).mean(dim=1)
         return EncoderOutput(sequence, pooled, None)
@@ -125,29 +121,22 @@ def _audio_shape(ctx: BuildContext) -> tuple[int, int] | None:
 
 def load_ast(config: ASTEncoderSpec, ctx: BuildContext) -> ASTModel:
     """An `ASTModel` from ``pretrained`` or from a config, shaped to the data's spectrograms."""
-    fields: dict[str, Any] = dict(config.config)
     data_shape = _audio_shape(ctx)
-    if config.pretrained is not None:
-        mel_bins = fields.pop("num_mel_bins", None)
-        length = fields.pop("max_length", None)
-        ast = ASTModel.from_pretrained(config.pretrained, attn_implementation="sdpa", **fields)
-        default = data_shape or (ast.config.num_mel_bins, ast.config.max_length)
-        resize_ast_positions(ast, mel_bins or default[0], length or default[1])
-    else:
+    if config.pretrained is None:
         mel_bins, length = data_shape or (DEFAULT_MEL_BINS, DEFAULT_LENGTH)
-        fields = {"num_mel_bins": mel_bins, "max_length": length, **fields}
-        ast = ASTModel(ASTConfig(**fields, **SDPA))
-    if config.gradient_checkpointing:
-        ast.activation_checkpointing_enable()
+        defaults = {"num_mel_bins": mel_bins, "max_length": length}
+        return load_hf_model(ASTModel, ASTConfig, config, ctx, defaults=defaults)
+    overrides = dict(config.config)
+    shape = overrides.pop("num_mel_bins", None), overrides.pop("max_length", None)
+    ast = load_hf_model(ASTModel, ASTConfig, config, ctx, overrides=overrides)
+    default = data_shape or (ast.config.num_mel_bins, ast.config.max_length)
+    resize_ast_positions(ast, shape[0] or default[0], shape[1] or default[1])
     return ast
 
 
 def make_ast_encoder(config: ASTEncoderSpec, ctx: BuildContext) -> ASTEncoder:
     """Registry factory of the ``ast`` encoder."""
     return ASTEncoder(load_ast(config, ctx), config.pooling)
-
-
-"""A CPU-sized AST over 64 x 128 spectrograms: 4 x 8 patches, 34 tokens per clip."""
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -11,25 +11,21 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ComponentSpec
-from modaloom.modalities.image import ImageProcessor
+from modaloom.modalities.hf import HFEncoderSpec, load_hf_model
+from modaloom.modalities.image import visual_size
 
 __all__ = ["CLIPVisionEncoder", "CLIPVisionSpec", "load_clip_vision"]
 
-SDPA: dict[str, Any] = {"attn_implementation": "sdpa"}
-"""Config keyword selecting PyTorch scaled-dot-product attention."""
 
+class CLIPVisionSpec(HFEncoderSpec):
+    """A CLIP ViT vision tower: `transformers`' `CLIPVisionModel` and `CLIPVisionConfig`
+    (``model.components.<name>``).
 
-class CLIPVisionSpec(ComponentSpec):
-    """A CLIP ViT vision tower (``model.components.<name>``)."""
+    A random init takes its image size from ``data.video.size`` (else ``data.image.size``).
+    CLIP's pixel mean and std are set in the data spec (``data.video.mean`` / ``std``).
+    """
 
     type: Literal["clip_vision"] = "clip_vision"
-    pretrained: str | None = None
-    """`CLIPVisionModel` checkpoint name or directory; random init when omitted."""
-    config: dict[str, Any] = {}
-    """`CLIPVisionConfig` fields (random init) or overrides (with ``pretrained``)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
 
 
 class CLIPVisionEncoder(Encoder):
@@ -61,38 +57,16 @@ class CLIPVisionEncoder(Encoder):
         return EncoderOutput(sequence, pooled, None)
 
 
-def _visual_size(ctx: BuildContext) -> int | None:
-    """Side length of the data's video (else image) frames, if known."""
-    video_config = getattr(ctx.processors.get("video"), "config", None)
-    if video_config is not None and hasattr(video_config, "size"):
-        return int(video_config.size)
-    image = ctx.processors.get("image")
-    return image.config.size if isinstance(image, ImageProcessor) else None
-
-
 def load_clip_vision(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionModel:
     """A `CLIPVisionModel` from ``pretrained`` or from a config at the data's frame size."""
-    if config.pretrained is not None:
-        clip = CLIPVisionModel.from_pretrained(
-            config.pretrained, attn_implementation="sdpa", **config.config
-        )
-    else:
-        size = _visual_size(ctx)
-        fields: dict[str, Any] = {
-            **({"image_size": size} if size is not None else {}),
-            **config.config,
-        }
-        clip = CLIPVisionModel(CLIPVisionConfig(**fields, **SDPA))
-    if config.gradient_checkpointing:
-        clip.activation_checkpointing_enable()
-    return clip
+    size = visual_size(ctx)
+    defaults = {"image_size": size} if size is not None else {}
+    return load_hf_model(CLIPVisionModel, CLIPVisionConfig, config, ctx, defaults=defaults)
 
 
 def make_clip_vision_encoder(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionEncoder:
     """Registry factory of the ``clip_vision`` encoder."""
     return CLIPVisionEncoder(load_clip_vision(config, ctx))
-
-
 
 
 @hookimpl

@@ -25,7 +25,8 @@ from modaloom.core.interfaces import (
     zeros_like_first,
 )
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ComponentSpec, Spec
+from modaloom.core.spec_models import Spec
+from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
 from modaloom.modalities.transforms import IMAGENET_MEAN, IMAGENET_STD, augment, normalize
 
 
@@ -88,18 +89,15 @@ def make_image_processor(config: ImageSpec, ctx: DataContext) -> ImageProcessor:
 # ------------------------------------------------------------------------------ encoder
 
 
-class ViTEncoderSpec(ComponentSpec):
-    """A ViT image encoder from `transformers` (``model.components.<name>``)."""
+class ViTEncoderSpec(HFEncoderSpec):
+    """A ViT image encoder: `transformers`' `ViTModel` and `ViTConfig` (``model.components.*``).
+
+    A random init takes its image size from ``data.image.size`` (224 without an image spec).
+    """
 
     type: Literal["vit"] = "vit"
-    pretrained: str | None = None
-    """Checkpoint name or directory for `ViTModel.from_pretrained`; random init when omitted."""
-    config: dict[str, Any] = {}
-    """`ViTConfig` fields (random init) or overrides (with ``pretrained``)."""
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of patch tokens."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
 
 
 class ViTImageEncoder(Encoder):
@@ -121,8 +119,7 @@ class ViTImageEncoder(Encoder):
             self.vit.embeddings.patch_embeddings.projection.weight.dtype
         )
         sequence = self.vit(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
-        pooled = sequence[:, 0] if self.pooling == "cls" else sequence[:, 1:].mean(dim=1)
-        return EncoderOutput(sequence, pooled, None)
+        return EncoderOutput(sequence, pool_tokens(sequence, self.pooling), None)
 
 
 def image_size_of(ctx: BuildContext, default: int = 224) -> int:
@@ -131,26 +128,44 @@ def image_size_of(ctx: BuildContext, default: int = 224) -> int:
     return processor.config.size if isinstance(processor, ImageProcessor) else default
 
 
-def load_vit(config: ViTEncoderSpec, ctx: BuildContext) -> ViTModel:
-    """A `ViTModel` from ``pretrained`` or from a config at the data's image size."""
-    if config.pretrained is not None:
-        vit = ViTModel.from_pretrained(
-            config.pretrained, add_pooling_layer=False, attn_implementation="sdpa", **config.config
-        )
-    else:
-        fields = {"image_size": image_size_of(ctx), **config.config}
-        vit_config = ViTConfig(**fields, attn_implementation="sdpa")  # type: ignore[call-arg]
-        vit = ViTModel(vit_config, add_pooling_layer=False)
-    if config.gradient_checkpointing:
-        vit.activation_checkpointing_enable()
-    return vit
+def visual_size(ctx: BuildContext) -> int | None:
+    """Side length of the data's video (else image) frames, if known."""
+    video_config = getattr(ctx.processors.get("video"), "config", None)
+    if video_config is not None and hasattr(video_config, "size"):
+        return int(video_config.size)
+    image = ctx.processors.get("image")
+    return image.config.size if isinstance(image, ImageProcessor) else None
+
+
+def load_vit(
+    config: HFEncoderSpec,
+    ctx: BuildContext,
+    *,
+    image_size: int | None = None,
+    gradient_checkpointing: bool | None = None,
+) -> ViTModel:
+    """A `ViTModel` from ``pretrained`` or from a config at the data's image size.
+
+    Args:
+        config: a ``vit``, ``timesformer`` or ``frame_mean`` spec.
+        ctx: the build context.
+        image_size: a random init's image size (default: `image_size_of`).
+        gradient_checkpointing: as in `load_hf_model`.
+    """
+    return load_hf_model(
+        ViTModel,
+        ViTConfig,
+        config,
+        ctx,
+        defaults={"image_size": image_size or image_size_of(ctx)},
+        model_kwargs={"add_pooling_layer": False},
+        gradient_checkpointing=gradient_checkpointing,
+    )
 
 
 def make_vit_encoder(config: ViTEncoderSpec, ctx: BuildContext) -> ViTImageEncoder:
     """Registry factory of the ``vit`` encoder."""
     return ViTImageEncoder(load_vit(config, ctx), config.pooling)
-
-
 
 
 @hookimpl

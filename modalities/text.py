@@ -25,7 +25,8 @@ from modaloom.core.errors import MediaDecodeError, SpecError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DataContext, Encoder, EncoderOutput, Processor
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ComponentSpec, Spec
+from modaloom.core.spec_models import Spec
+from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[ENC]", "[DEC]")
 TOKENIZER_DIRNAME = "tokenizer"
@@ -214,26 +215,16 @@ def make_text_processor(config: TextSpec, ctx: DataContext) -> TextProcessor:
 # ------------------------------------------------------------------------------ encoder
 
 
-class BertEncoderSpec(ComponentSpec):
-    """A BERT text encoder from `transformers` (``model.components.<name>``)."""
+class BertEncoderSpec(HFEncoderSpec):
+    """A BERT text encoder: `transformers`' `BertModel` and `BertConfig` (``model.components.*``).
+
+    A random init takes its vocabulary size from the tokenizer; a checkpoint whose vocabulary is
+    smaller than the tokenizer's gets its token embeddings resized.
+    """
 
     type: Literal["bert"] = "bert"
-    pretrained: str | None = None
-    """Checkpoint name or directory for `BertModel.from_pretrained`; random init when omitted."""
-    config: dict[str, Any] = {}
-    """`BertConfig` fields (a random init) or overrides (with ``pretrained``)."""
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of valid tokens."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
-
-
-def masked_mean(sequence: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean over valid positions: sequence (B, N, D), mask (B, N) -> (B, D)."""
-    if mask is None:
-        return sequence.mean(dim=1)
-    weights = mask.to(sequence.dtype).unsqueeze(-1)
-    return (sequence * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 class BertTextEncoder(Encoder):
@@ -253,8 +244,7 @@ class BertTextEncoder(Encoder):
     def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         mask = inputs["attention_mask"]
         sequence = self.bert(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
-        pooled = sequence[:, 0] if self.pooling == "cls" else masked_mean(sequence, mask)
-        return EncoderOutput(sequence, pooled, mask)
+        return EncoderOutput(sequence, pool_tokens(sequence, self.pooling, skip=0, mask=mask), mask)
 
 
 def text_vocab_size(ctx: BuildContext) -> int | None:
@@ -266,29 +256,22 @@ def text_vocab_size(ctx: BuildContext) -> int | None:
 def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
     """A `BertModel` from ``pretrained`` or from a config sized to the tokenizer."""
     vocab = text_vocab_size(ctx)
-    if config.pretrained is not None:
-        bert = BertModel.from_pretrained(
-            config.pretrained,
-            add_pooling_layer=False,
-            attn_implementation="sdpa",
-            **config.config,
-        )
-        if vocab is not None and vocab > bert.config.vocab_size:
-            bert.resize_token_embeddings(vocab)
-    else:
-        fields = {"vocab_size": vocab or 30522, **config.config}
-        bert_config = BertConfig(**fields, attn_implementation="sdpa")  # type: ignore[call-arg]
-        bert = BertModel(bert_config, add_pooling_layer=False)
-    if config.gradient_checkpointing:
-        bert.activation_checkpointing_enable()
+    bert = load_hf_model(
+        BertModel,
+        BertConfig,
+        config,
+        ctx,
+        defaults={"vocab_size": vocab or 30522},
+        model_kwargs={"add_pooling_layer": False},
+    )
+    if config.pretrained is not None and vocab is not None and vocab > bert.config.vocab_size:
+        bert.resize_token_embeddings(vocab)
     return bert
 
 
 def make_bert_encoder(config: BertEncoderSpec, ctx: BuildContext) -> BertTextEncoder:
     """Registry factory of the ``bert`` encoder."""
     return BertTextEncoder(load_bert(config, ctx), config.pooling)
-
-
 
 
 @hookimpl

@@ -33,6 +33,7 @@ generation decoder: its own self-attention, everything else shared with ``align`
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -46,7 +47,7 @@ from modaloom.core.errors import SpecError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ComponentSpec
+from modaloom.modalities.hf import HFEncoderSpec, component_path, load_hf_model
 from modaloom.modalities.text import text_vocab_size
 
 __all__ = [
@@ -299,24 +300,22 @@ def tie_decoder(decoder: BertTextDecoder, target: nn.Module, sharing: Sharing) -
 # ------------------------------------------------------------------------------ registration
 
 
-class BertDecoderSpec(ComponentSpec):
-    """A BERT decoder with cross-attention and an LM head (``model.components.<name>``)."""
+class BertDecoderSpec(HFEncoderSpec):
+    """A BERT decoder with cross-attention and an LM head (``model.components.<name>``).
+
+    ``pretrained`` and ``config`` refer to `transformers`' `BertLMHeadModel` and `BertConfig`
+    (a plain BERT checkpoint works too; missing cross-attention is randomly initialised). With
+    ``share_with`` and no ``pretrained``, the shared BERT's config is copied and ``config``
+    overrides it; otherwise a random init takes its vocabulary size from the tokenizer.
+    """
 
     type: Literal["bert_decoder"] = "bert_decoder"
-    pretrained: str | None = None
-    """Checkpoint for `BertLMHeadModel.from_pretrained` (a BERT checkpoint works; missing
-    cross-attention is randomly initialised); random init when omitted."""
-    config: dict[str, Any] = {}
-    """`BertConfig` fields (random init) or overrides; with ``share_with`` and no
-    ``pretrained`` the shared BERT's config is copied and these override it."""
     sharing: Sharing = "all_but_cross_attention"
     """What is shared with ``share_with``: VALOR shares all but cross-attention, OmniVL/BLIP
     all but self-attention (see `modaloom.modalities.text_decoder`)."""
     condition_dim: int | None = Field(None, gt=0)
     """Width of the condition sequence; a linear adapter maps it to the hidden size when it
     differs (default: the hidden size)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
 
     @model_validator(mode="after")
     def _sharing_needs_target(self) -> BertDecoderSpec:
@@ -328,47 +327,47 @@ class BertDecoderSpec(ComponentSpec):
         return self
 
 
-def _decoder_config(
-    config: BertDecoderSpec, ctx: BuildContext, target: nn.Module | None
-) -> BertConfig:
-    """A decoder `BertConfig`: the shared BERT's (copied) or one sized to the tokenizer."""
-    decoder_fields = {"is_decoder": True, "add_cross_attention": True}
-    if target is not None and config.sharing != "none":
+DECODER_FIELDS: dict[str, Any] = {"is_decoder": True, "add_cross_attention": True}
+"""`BertConfig` fields every decoder has, over the spec's ``config``."""
+
+
+def _shared_config(target: nn.Module) -> Callable[..., BertConfig]:
+    """A config factory for `load_hf_model`: a copy of ``target``'s BERT config, fields set."""
+
+    def make(attn_implementation: str, **fields: Any) -> BertConfig:
         bert_config = copy.deepcopy(_target_bert(target).config)
-        for key, value in {**config.config, **decoder_fields}.items():
+        for key, value in fields.items():
             setattr(bert_config, key, value)
-        bert_config._attn_implementation = "sdpa"
+        bert_config._attn_implementation = attn_implementation
         return bert_config
-    fields: dict[str, Any] = {
-        "vocab_size": text_vocab_size(ctx) or 30522,
-        **config.config,
-        **decoder_fields,
-        "attn_implementation": "sdpa",
-    }
-    return BertConfig(**fields)
+
+    return make
 
 
 def load_bert_lm(
     config: BertDecoderSpec, ctx: BuildContext, target: nn.Module | None
 ) -> BertLMHeadModel:
-    """A `BertLMHeadModel` with cross-attention, from ``pretrained`` or a config."""
-    if config.pretrained is None:
-        return BertLMHeadModel(_decoder_config(config, ctx, target))
-    lm = BertLMHeadModel.from_pretrained(
-        config.pretrained,
-        is_decoder=True,
-        add_cross_attention=True,
-        attn_implementation="sdpa",
-        **config.config,
-    )
+    """A `BertLMHeadModel` with cross-attention, from ``pretrained`` or a config: the shared
+    BERT's (copied) or one sized to the tokenizer. Gradient checkpointing is not enabled here
+    (`make_bert_decoder` enables it once the modules are shared)."""
     vocab = text_vocab_size(ctx)
-    if vocab is not None and vocab > lm.config.vocab_size and target is None:
+    config_class: Callable[..., BertConfig] = BertConfig
+    defaults: dict[str, Any] = {"vocab_size": vocab or 30522}
+    if target is not None and config.sharing != "none":
+        config_class, defaults = _shared_config(target), {}
+    lm = load_hf_model(
+        BertLMHeadModel,
+        config_class,
+        config,
+        ctx,
+        defaults=defaults,
+        fixed=DECODER_FIELDS,
+        gradient_checkpointing=False,
+    )
+    resize = config.pretrained is not None and target is None
+    if resize and vocab is not None and vocab > lm.config.vocab_size:
         lm.resize_token_embeddings(vocab)
     return lm
-
-
-def _component_name(config: BertDecoderSpec, ctx: BuildContext) -> str:
-    return next((name for name, spec in ctx.specs.items() if spec is config), "<decoder>")
 
 
 def make_bert_decoder(config: BertDecoderSpec, ctx: BuildContext) -> BertTextDecoder:
@@ -376,7 +375,7 @@ def make_bert_decoder(config: BertDecoderSpec, ctx: BuildContext) -> BertTextDec
     target = None
     if config.share_with is not None:
         if config.share_with not in ctx.components:
-            path = f"model.components.{_component_name(config, ctx)}.share_with"
+            path = f"{component_path(config, ctx)}.share_with"
             problem = (
                 f"component {config.share_with!r} is not built; built: {sorted(ctx.components)}"
             )
@@ -388,7 +387,7 @@ def make_bert_decoder(config: BertDecoderSpec, ctx: BuildContext) -> BertTextDec
         try:
             tie_decoder(decoder, target, config.sharing)
         except (TypeError, ValueError) as exc:
-            path = f"model.components.{_component_name(config, ctx)}.share_with"
+            path = f"{component_path(config, ctx)}.share_with"
             raise SpecError([(path, str(exc))]) from None
     if config.gradient_checkpointing:
         decoder.bert.activation_checkpointing_enable()

@@ -16,7 +16,7 @@ patch tokens frame by frame (frame-major: ``sequence[:, 1:].view(B, T, P, D)``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +30,8 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ComponentSpec
-from modaloom.modalities.image import (
-    ImageProcessor,
-    ViTEncoderSpec,
-    ViTImageEncoder,
-    load_vit,
-)
+from modaloom.modalities.hf import HFEncoderSpec, Pooling, pool_tokens
+from modaloom.modalities.image import ViTImageEncoder, load_vit, visual_size
 
 __all__ = [
     "FrameMeanEncoder",
@@ -228,20 +223,20 @@ def initialise_temporal_from_spatial(model: TimeSformer) -> None:
 # ------------------------------------------------------------------------------ encoders
 
 
-class TimeSformerSpec(ComponentSpec):
-    """A divided space-time video and image encoder inflated from a ViT (``model.components.*``)."""
+class TimeSformerSpec(HFEncoderSpec):
+    """A divided space-time video and image encoder inflated from a ViT (``model.components.*``).
+
+    ``pretrained`` and ``config`` refer to `transformers`' `ViTModel` and `ViTConfig`; the
+    checkpoint is inflated to video (`inflate_from_vit`). A random init takes its image size from
+    ``data.video.size`` (else ``data.image.size``). ``gradient_checkpointing`` recomputes each
+    divided space-time block in the backward pass.
+    """
 
     type: Literal["timesformer"] = "timesformer"
-    pretrained: str | None = None
-    """`ViTModel` checkpoint name or directory, inflated to video; random init when omitted."""
-    config: dict[str, Any] = {}
-    """`ViTConfig` fields (random init) or overrides (with ``pretrained``)."""
     num_frames: int | None = Field(None, ge=1)
     """Length of the temporal embedding; defaults to ``data.video.frames`` (8 without one)."""
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of all patch tokens."""
-    gradient_checkpointing: bool = False
-    """Recompute each block in the backward pass to save memory."""
 
 
 class TimeSformerEncoder(Encoder):
@@ -265,55 +260,35 @@ class TimeSformerEncoder(Encoder):
 
     def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         sequence = self.model(inputs["pixel_values"])
-        pooled = sequence[:, 0] if self.pooling == "cls" else sequence[:, 1:].mean(dim=1)
-        return EncoderOutput(sequence, pooled, None)
+        return EncoderOutput(sequence, pool_tokens(sequence, self.pooling), None)
 
 
-def _frames_and_size(ctx: BuildContext) -> tuple[int | None, int | None]:
-    """Frames and side length the data's video (else image) processor produces, if known."""
-    video = ctx.processors.get("video")
-    video_config = getattr(video, "config", None)
+def video_frames(ctx: BuildContext) -> int | None:
+    """Frames per clip the data's video processor produces, if there is one."""
+    video_config = getattr(ctx.processors.get("video"), "config", None)
     if video_config is not None and hasattr(video_config, "frames"):
-        return int(video_config.frames), int(video_config.size)
-    image = ctx.processors.get("image")
-    return None, (image.config.size if isinstance(image, ImageProcessor) else None)
-
-
-def _load_spatial_vit(
-    pretrained: str | None, fields: dict[str, Any], checkpointing: bool, ctx: BuildContext
-) -> ViTModel:
-    """`load_vit` with the image size taken from the video processor when there is one."""
-    _, size = _frames_and_size(ctx)
-    if pretrained is None and size is not None:
-        fields = {"image_size": size, **fields}
-    spec = ViTEncoderSpec(pretrained=pretrained, config=fields, gradient_checkpointing=False)
-    vit = load_vit(spec, ctx)
-    if checkpointing:
-        vit.activation_checkpointing_enable()
-    return vit
+        return int(video_config.frames)
+    return None
 
 
 def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> TimeSformerEncoder:
     """Registry factory of the ``timesformer`` encoder."""
-    vit = _load_spatial_vit(config.pretrained, config.config, False, ctx)
-    frames, _ = _frames_and_size(ctx)
-    model = inflate_from_vit(vit, config.num_frames or frames or 8)
+    vit = load_vit(config, ctx, image_size=visual_size(ctx), gradient_checkpointing=False)
+    model = inflate_from_vit(vit, config.num_frames or video_frames(ctx) or 8)
     model.gradient_checkpointing = config.gradient_checkpointing
     return TimeSformerEncoder(model, config.pooling)
 
 
-class FrameMeanSpec(ComponentSpec):
-    """A ViT run on each frame, features averaged over time (COTS video retrieval, SPEC §A3)."""
+class FrameMeanSpec(HFEncoderSpec):
+    """A ViT run on each frame, features averaged over time (COTS video retrieval, SPEC §A3).
+
+    ``pretrained`` and ``config`` refer to `transformers`' `ViTModel` and `ViTConfig`. A random
+    init takes its image size from ``data.video.size`` (else ``data.image.size``).
+    """
 
     type: Literal["frame_mean"] = "frame_mean"
-    pretrained: str | None = None
-    """`ViTModel` checkpoint name or directory; random init when omitted."""
-    config: dict[str, Any] = {}
-    """`ViTConfig` fields (random init) or overrides (with ``pretrained``)."""
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Pooling = "cls"
     """Per-frame feature: the frame's [CLS] token or the mean of its patch tokens."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
 
 
 class FrameMeanEncoder(Encoder):
@@ -341,7 +316,7 @@ class FrameMeanEncoder(Encoder):
 
 def make_frame_mean_encoder(config: FrameMeanSpec, ctx: BuildContext) -> FrameMeanEncoder:
     """Registry factory of the ``frame_mean`` encoder."""
-    vit = _load_spatial_vit(config.pretrained, config.config, config.gradient_checkpointing, ctx)
+    vit = load_vit(config, ctx, image_size=visual_size(ctx))
     return FrameMeanEncoder(ViTImageEncoder(vit, config.pooling))
 
 

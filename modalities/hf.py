@@ -1,0 +1,157 @@
+"""The Hugging Face base every built-in `transformers` wrapper uses: spec fields, loader, pooling.
+
+The six wrappers (``bert``, ``vit``, ``clip_vision``, ``ast``, ``timesformer``/``frame_mean``'s
+spatial ViT, ``bert_decoder``'s `BertLMHeadModel`) differ in their model class and in what they
+do around it (AST's position resizing, TimeSformer's inflation, the decoder's sharing); those
+stay in their own files. What they share is here, written once:
+
+* `HFEncoderSpec`: the ``pretrained``, ``config`` and ``gradient_checkpointing`` fields;
+* `load_hf_model`: a checkpoint (local files only) with ``config`` overrides, or a random init
+  from ``config``, with PyTorch SDPA attention and gradient checkpointing when asked;
+* `pool_tokens`: the ``cls`` / ``mean`` global feature of a token sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+from torch import Tensor
+from transformers import PretrainedConfig, PreTrainedModel
+
+from modaloom.core.compose import BuildContext
+from modaloom.core.errors import SpecError
+from modaloom.core.spec_models import ComponentSpec
+
+__all__ = [
+    "HFEncoderSpec",
+    "Pooling",
+    "component_path",
+    "load_hf_model",
+    "masked_mean",
+    "pool_tokens",
+]
+
+ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+
+ATTENTION = "sdpa"
+"""The attention implementation every wrapped model uses (PyTorch scaled-dot-product)."""
+
+Pooling = Literal["cls", "mean"]
+"""How a wrapper turns its token sequence into one global feature (see `pool_tokens`)."""
+
+
+class HFEncoderSpec(ComponentSpec):
+    """Base of the components that wrap a Hugging Face `transformers` model.
+
+    Each subclass adds its ``type`` and its own fields; its docstring names the model and config
+    classes that ``pretrained`` and ``config`` refer to.
+    """
+
+    pretrained: str | None = None
+    """Checkpoint directory, or a model name already in the Hugging Face cache (local files only:
+    nothing is downloaded); random init when omitted."""
+    config: dict[str, Any] = {}
+    """Fields of the model's `transformers` config: those of a random init, or overrides of the
+    checkpoint's (with ``pretrained``)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+def component_path(spec: ComponentSpec, ctx: BuildContext) -> str:
+    """``model.components.<name>`` of the component ``spec`` configures (for error messages)."""
+    name = next((name for name, other in ctx.specs.items() if other is spec), f"<{spec.type}>")
+    return f"model.components.{name}"
+
+
+def load_hf_model(
+    model_class: type[ModelT],
+    config_class: Callable[..., PretrainedConfig],
+    spec: HFEncoderSpec,
+    ctx: BuildContext,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    gradient_checkpointing: bool | None = None,
+) -> ModelT:
+    """A `transformers` model from ``spec.pretrained`` (local files only) or a random init.
+
+    With ``pretrained``, ``model_class.from_pretrained`` reads the checkpoint and the config
+    fields update its config; without, ``model_class(config_class(**fields))``. Either way the
+    model uses SDPA attention.
+
+    Args:
+        model_class: the model class (`BertModel`, `ViTModel`, ...).
+        config_class: its config class, or any callable taking config fields (random init only).
+        spec: ``pretrained``, ``config`` and ``gradient_checkpointing``.
+        ctx: the build context (names the component in errors).
+        defaults: random init only: config fields that ``config`` may override (sizes read
+            from the data: vocabulary, image size, spectrogram shape).
+        overrides: the config fields to use instead of ``spec.config``.
+        fixed: config fields set over ``config`` in both cases (``is_decoder``).
+        model_kwargs: model constructor arguments (``add_pooling_layer=False``).
+        gradient_checkpointing: whether to enable `transformers`' activation checkpointing
+            (default: ``spec.gradient_checkpointing``).
+
+    Returns:
+        The model.
+
+    Raises:
+        SpecError: the checkpoint cannot be read, at ``model.components.<name>.pretrained``.
+    """
+    fields = {**(spec.config if overrides is None else overrides), **(fixed or {})}
+    kwargs = dict(model_kwargs or {})
+    if spec.pretrained is None:
+        config = config_class(**{**(defaults or {}), **fields}, attn_implementation=ATTENTION)
+        model = model_class(config, **kwargs)
+    else:
+        model = _from_pretrained(model_class, spec, ctx, {**kwargs, **fields})
+    if gradient_checkpointing is None:
+        gradient_checkpointing = spec.gradient_checkpointing
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def _from_pretrained(
+    model_class: type[ModelT], spec: HFEncoderSpec, ctx: BuildContext, kwargs: dict[str, Any]
+) -> ModelT:
+    """``model_class.from_pretrained`` on local files, its `OSError` turned into a `SpecError`."""
+    try:
+        model = model_class.from_pretrained(
+            spec.pretrained, local_files_only=True, attn_implementation=ATTENTION, **kwargs
+        )
+    except OSError as exc:
+        problem = f"cannot load a {model_class.__name__} from {spec.pretrained!r}: {exc}"
+        raise SpecError([(f"{component_path(spec, ctx)}.pretrained", problem)]) from None
+    return model  # type: ignore[no-any-return]
+
+
+def masked_mean(sequence: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over valid positions: sequence (B, N, D), mask (B, N) -> (B, D)."""
+    if mask is None:
+        return sequence.mean(dim=1)
+    weights = mask.to(sequence.dtype).unsqueeze(-1)
+    return (sequence * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def pool_tokens(
+    sequence: Tensor, pooling: str, *, skip: int = 1, mask: Tensor | None = None
+) -> Tensor:
+    """The global feature of a token sequence.
+
+    Args:
+        sequence: (B, N, D), the [CLS] token first.
+        pooling: ``cls`` (the first token) or ``mean`` (the mean of the tokens after the first
+            ``skip``, valid ones only when ``mask`` is given).
+        skip: leading tokens the mean leaves out ([CLS]; AST's [CLS] and distillation tokens).
+        mask: (B, N) 1 for valid tokens; ``None`` = all valid.
+
+    Returns:
+        (B, D).
+    """
+    if pooling == "cls":
+        return sequence[:, 0]
+    return masked_mean(sequence[:, skip:], None if mask is None else mask[:, skip:])
