@@ -21,6 +21,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.modalities.video",
     "modaloom.modalities.audio",
     "modaloom.modalities.timesformer",
+    "modaloom.modalities.frame_mean",
     "modaloom.modalities.audio_encoder",
     "modaloom.modalities.clip_vision",
     "modaloom.modalities.text_decoder",

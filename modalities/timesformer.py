@@ -1,4 +1,4 @@
-"""Video encoders: a divided space-time TimeSformer inflated from a ViT (OmniVL), frame-mean (COTS).
+"""Video encoder: a divided space-time TimeSformer inflated from a ViT (OmniVL).
 
 `TimeSformer` (SPEC §A1) wraps a `transformers.ViTModel` and adds, per block, a temporal branch
 (LayerNorm, attention over the T tokens at each spatial position, ``temporal_fc``) plus a
@@ -9,8 +9,8 @@ what the ViT computes: images and videos go through the same module.
 Not implemented from OmniVL: the separate 3-D tubelet tokenizer (kernel (t_s, 16, 16)); every
 frame is embedded by the ViT's 2-D patch convolution (tubelet size 1).
 
-Token layout of the output sequence (both encoders document theirs): [CLS] first, then the
-patch tokens frame by frame (frame-major: ``sequence[:, 1:].view(B, T, P, D)``).
+Token layout of the output sequence: [CLS] first, then the patch tokens frame by frame
+(frame-major: ``sequence[:, 1:].view(B, T, P, D)``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,9 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.modalities.hf import HFEncoderSpec, Pooling, pool_tokens
-from modaloom.modalities.image import ViTImageEncoder, load_vit, visual_size
+from modaloom.modalities.image import load_vit, visual_size
 
 __all__ = [
-    "FrameMeanEncoder",
-    "FrameMeanSpec",
     "TemporalAttention",
     "TimeSformer",
     "TimeSformerEncoder",
@@ -220,7 +218,7 @@ def initialise_temporal_from_spatial(model: TimeSformer) -> None:
         model.time_embed.zero_()
 
 
-# ------------------------------------------------------------------------------ encoders
+# ------------------------------------------------------------------------------ encoder
 
 
 class TimeSformerSpec(HFEncoderSpec):
@@ -279,50 +277,9 @@ def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> Time
     return TimeSformerEncoder(model, config.pooling)
 
 
-class FrameMeanSpec(HFEncoderSpec):
-    """A ViT run on each frame, features averaged over time (COTS video retrieval, SPEC §A3).
-
-    ``pretrained`` and ``config`` refer to `transformers`' `ViTModel` and `ViTConfig`. A random
-    init takes its image size from ``data.video.size`` (else ``data.image.size``).
-    """
-
-    type: Literal["frame_mean"] = "frame_mean"
-    pooling: Pooling = "cls"
-    """Per-frame feature: the frame's [CLS] token or the mean of its patch tokens."""
-
-
-class FrameMeanEncoder(Encoder):
-    """An image encoder applied frame by frame to ``{"pixel_values": (B, T, 3, H, W)}``.
-
-    Returns sequence (B, T, D) of per-frame features, pooled (B, D) = their mean over T, no
-    mask. An image (B, 3, H, W) is read as a one-frame video.
-    """
-
-    modality = "video"
-
-    def __init__(self, image_encoder: Encoder) -> None:
-        super().__init__()
-        self.image = image_encoder
-        self.output_dim = image_encoder.output_dim
-
-    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
-        pixels = inputs["pixel_values"]
-        video = pixels if pixels.ndim == 5 else pixels.unsqueeze(1)
-        batch, frames = video.shape[:2]
-        per_frame = self.image({"pixel_values": video.flatten(0, 1)}).pooled  # (B*T, D)
-        sequence = per_frame.unflatten(0, (batch, frames))
-        return EncoderOutput(sequence, sequence.mean(dim=1), None)
-
-
-def make_frame_mean_encoder(config: FrameMeanSpec, ctx: BuildContext) -> FrameMeanEncoder:
-    """Registry factory of the ``frame_mean`` encoder."""
-    vit = load_vit(config, ctx, image_size=visual_size(ctx))
-    return FrameMeanEncoder(ViTImageEncoder(vit, config.pooling))
-
-
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
-    """Register the ``timesformer`` and ``frame_mean`` encoders."""
+    """Register the ``timesformer`` encoder."""
     registry.add(
         "encoder",
         "timesformer",
@@ -330,12 +287,4 @@ def modaloom_register_modalities(registry: Registry) -> None:
         TimeSformerSpec,
         description="divided space-time ViT for video and images, inflated from a ViT",
         modality=("video", "image"),
-    )
-    registry.add(
-        "encoder",
-        "frame_mean",
-        make_frame_mean_encoder,
-        FrameMeanSpec,
-        description="ViT per frame, features averaged over time (COTS)",
-        modality="video",
     )

@@ -1,4 +1,4 @@
-"""TimeSformer (divided space-time attention, inflated from a ViT) and the frame-mean encoder."""
+"""TimeSformer: divided space-time attention, inflated from a ViT."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from transformers import ViTConfig, ViTModel
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.plugins import load_plugins
-from modaloom.modalities.image import ViTImageEncoder
 from modaloom.modalities.timesformer import TimeSformer, TimeSformerEncoder, inflate_from_vit
 from modaloom.tests.tiny import TINY_VIT
 
@@ -126,15 +125,3 @@ def test_a_vit_checkpoint_loads_and_is_inflated(tmp_path: Path, vit: ViTModel) -
     assert torch.equal(
         first_temporal.attention.v_proj.weight, first_spatial.attention.v_proj.weight
     )
-
-
-def test_frame_mean_averages_the_vit_features_of_each_frame(vit: ViTModel) -> None:
-    encoder = build({"type": "frame_mean", "config": TINY_VIT}).eval()
-    reference = ViTImageEncoder(encoder.image.vit).eval()
-    videos = torch.randn(2, 3, 3, 32, 32)
-    output = encoder({"pixel_values": videos})
-    assert output.sequence.shape == (2, 3, 32) and output.mask is None
-    for frame in range(3):
-        expected = reference({"pixel_values": videos[:, frame]}).pooled
-        torch.testing.assert_close(output.sequence[:, frame], expected)
-    torch.testing.assert_close(output.pooled, output.sequence.mean(dim=1))
