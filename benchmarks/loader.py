@@ -36,13 +36,13 @@ from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader
 from modaloom.modalities.audio import AudioSpec, make_audio_processor
 from modaloom.modalities.text import TextSpec, make_text_processor
 from modaloom.modalities.video import VideoSpec, make_video_processor
-from modaloom.plugins.digits_av import (
+from modaloom.plugins.sources.digits_av import (
     CLIP_FIELDS,
     DigitsAvSpec,
     ensure_digits_av,
     make_digits_av_source,
 )
-from modaloom.plugins.webdataset_source import WebDatasetSource, WebDatasetSpec
+from modaloom.plugins.sources.webdataset import WebDatasetSource, WebDatasetSpec
 
 
 def processors(source: Source, frames: int, size: int) -> dict[str, Processor]:

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from modaloom.core.interfaces import Objective
 from modaloom.objectives.fine_grained_similarity import fine_grained_similarity
-from modaloom.plugins.retrieval import best_correct_ranks
+from modaloom.plugins.evaluators.retrieval import best_correct_ranks
 
 MIB = 2**20
 REPEAT_BUDGET_S = 10.0
