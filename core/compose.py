@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from torch import Tensor, nn
 
@@ -12,6 +12,7 @@ from modaloom.core.errors import SpecError
 from modaloom.core.features import FeatureCache
 from modaloom.core.interfaces import Batch, EncoderOutput, Objective, Processor
 from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ComponentSpec, ModelSpec
 
 __all__ = ["BuildContext", "FeatureCache", "LoomModel", "LoomOutput", "build_model"]
 
@@ -37,7 +38,7 @@ class BuildContext:
     registry: Registry
     processors: Mapping[str, Processor] = field(default_factory=dict)
     components: dict[str, nn.Module] = field(default_factory=dict)
-    specs: dict[str, Any] = field(default_factory=dict)
+    specs: dict[str, ComponentSpec] = field(default_factory=dict)
 
     def output_dim(self, component: str) -> int:
         """D of a built component's `EncoderOutput`."""
@@ -217,16 +218,19 @@ class LoomModel(nn.Module):
             objective.after_optimizer_step()  # type: ignore[operator]
 
 
-def _default_inputs(registry: Registry, spec: Any) -> tuple[str, ...]:
+def _component_kind(registry: Registry, spec: ComponentSpec) -> Literal["encoder", "decoder"]:
+    return "encoder" if spec.type in registry.names("encoder") else "decoder"
+
+
+def _default_inputs(registry: Registry, spec: ComponentSpec) -> tuple[str, ...]:
     if spec.input is not None:
         return tuple(part.strip() for part in spec.input.split(","))
-    kind = "encoder" if spec.type in registry.names("encoder") else "decoder"
-    modality = registry.get(kind, spec.type).extra.get("modality", ())
+    modality = registry.get(_component_kind(registry, spec), spec.type).extra.get("modality", ())
     return (modality,) if isinstance(modality, str) else tuple(modality)
 
 
-def _build_component(name: str, spec: Any, ctx: BuildContext) -> nn.Module:
-    kind = "encoder" if spec.type in ctx.registry.names("encoder") else "decoder"
+def _build_component(name: str, spec: ComponentSpec, ctx: BuildContext) -> nn.Module:
+    kind = _component_kind(ctx.registry, spec)
     entry = ctx.registry.get(kind, spec.type)
     if spec.share_with is not None and not entry.extra.get("partial_sharing", False):
         target = ctx.components[spec.share_with]
@@ -241,14 +245,13 @@ def _build_component(name: str, spec: Any, ctx: BuildContext) -> nn.Module:
                 ]
             )
         return target
-    assert entry.factory is not None
-    module: nn.Module = entry.factory(spec, ctx)
+    module = ctx.registry.module_factory(kind, spec.type)(spec, ctx)
     if spec.freeze:
         module.requires_grad_(False)
     return module
 
 
-def _build_order(components: Mapping[str, Any]) -> list[str]:
+def _build_order(components: Mapping[str, ComponentSpec]) -> list[str]:
     order: list[str] = []
 
     def visit(name: str, trail: tuple[str, ...]) -> None:
@@ -267,7 +270,7 @@ def _build_order(components: Mapping[str, Any]) -> list[str]:
 
 
 def build_model(
-    model_spec: Any, registry: Registry, processors: Mapping[str, Processor] | None = None
+    model_spec: ModelSpec, registry: Registry, processors: Mapping[str, Processor] | None = None
 ) -> LoomModel:
     """Build the components (in ``share_with`` order) and then the objectives.
 
@@ -284,10 +287,9 @@ def build_model(
         inputs[name] = _default_inputs(registry, spec)
     objectives: list[tuple[str, float, Objective]] = []
     for spec in model_spec.objectives:
-        entry = registry.get("objective", spec.type)
-        assert entry.factory is not None
+        factory = registry.objective_factory(spec.type)
         name = spec.name or spec.type  # unique: the spec validator checks it
-        objectives.append((name, spec.weight, entry.factory(spec, ctx)))
+        objectives.append((name, spec.weight, factory(spec, ctx)))
     return LoomModel(ctx.components, inputs, objectives)
 
 

@@ -20,24 +20,23 @@ from torch.utils.data import IterableDataset, get_worker_info
 from modaloom.core.errors import MediaDecodeError
 from modaloom.core.interfaces import Batch, DataContext, Processor, RawSample, Source
 from modaloom.core.registry import Registry
+from modaloom.core.spec_models import DataSpec, SourceSpec
 
 log = logging.getLogger(__name__)
 
 RESERVED_FIELDS = ("__key__", "label")
 
 
-def build_sources(specs: Mapping[str, Any], registry: Registry) -> dict[str, Source]:
+def build_sources(specs: Mapping[str, SourceSpec], registry: Registry) -> dict[str, Source]:
     """Instantiate ``data.sources`` (or ``data.eval_sources``) by name."""
     sources = {}
     for name, spec in specs.items():
-        factory = registry.get("source", spec.type).factory
-        assert factory is not None
-        sources[name] = factory(spec)
+        sources[name] = registry.source_factory(spec.type)(spec)
     return sources
 
 
 def build_processors(
-    data_spec: Any,
+    data_spec: DataSpec,
     registry: Registry,
     sources: Mapping[str, Source],
     artifact_dir: Path | None = None,
@@ -51,9 +50,8 @@ def build_processors(
     ctx = DataContext(artifact_dir=artifact_dir, texts=texts)
     processors = {}
     for component in registry.of_kind("modality"):
-        assert component.factory is not None
-        config = getattr(data_spec, component.name, None)
-        processors[component.name] = component.factory(config, ctx)
+        factory = registry.processor_factory(component.name)
+        processors[component.name] = factory(data_spec.modality(component.name), ctx)
     return processors
 
 

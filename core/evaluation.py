@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from accelerate.utils import send_to_device
@@ -21,6 +21,7 @@ from modaloom.core.data import EvalStream, SampleDecoder
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ExperimentSpec
 
 T = TypeVar("T")
 
@@ -154,7 +155,7 @@ def concat_sides(sides: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def run_evaluators(
-    spec: Any,
+    spec: ExperimentSpec,
     model: LoomModel,
     processors: dict[str, Processor],
     sources: dict[str, Source],
@@ -174,8 +175,7 @@ def run_evaluators(
     batch_size = spec.data.eval_batch_size or spec.data.batch_size
     with torch.no_grad():
         for index, config in enumerate(tqdm(spec.eval, desc="eval", disable=not progress)):
-            factory = registry.get("evaluator", config.type).factory
-            assert factory is not None
+            factory = registry.evaluator_factory(config.type)
             if config.source not in sources:
                 raise SpecError([(f"eval.{index}.source", f"unknown source {config.source!r}")])
             ctx = EvalContext(

@@ -19,6 +19,7 @@ from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
 from modaloom.core.runner import ARTIFACTS_DIR, CHECKPOINTS_DIR, SPEC_FILE
 from modaloom.core.spec import load_spec
+from modaloom.core.spec_models import ExperimentSpec
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -43,7 +44,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 class LoadedRun:
     """A built model with its trained weights, processors and sources."""
 
-    spec: Any
+    spec: ExperimentSpec
     registry: Registry
     processors: dict[str, Processor]
     model: LoomModel
@@ -54,7 +55,7 @@ class LoadedRun:
 
 def load_run(
     checkpoint: str | Path,
-    spec: Any | None = None,
+    spec: ExperimentSpec | None = None,
     registry: Registry | None = None,
     device: str | torch.device | None = None,
     with_sources: bool = True,

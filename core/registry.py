@@ -183,9 +183,11 @@ class Registry:
         """Register an evaluator under its config's ``type``."""
         return self._add_typed("evaluator", factory, config, description, **extra)
 
-    def add_preset(self, name: str, factory: PresetFactory, *, description: str = "") -> Component:
+    def add_preset(
+        self, name: str, factory: PresetFactory, *, description: str = "", **extra: Any
+    ) -> Component:
         """Register a named spec; ``factory`` returns its raw mapping."""
-        return self.add("preset", name, factory, description=description)
+        return self.add("preset", name, factory, description=description, **extra)
 
     def _add_typed(
         self,

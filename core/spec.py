@@ -170,9 +170,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def preset_tree(name: str, registry: Registry) -> dict[str, Any]:
     """The raw (unresolved) mapping of a registered preset."""
-    component = registry.get("preset", name)
-    assert component.factory is not None
-    return dict(component.factory())
+    return dict(registry.preset_factory(name)())
 
 
 def resolve_tree(

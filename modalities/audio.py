@@ -175,8 +175,7 @@ def make_audio_processor(config: AudioSpec, ctx: DataContext) -> AudioProcessor:
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``audio`` modality."""
-    registry.add(
-        "modality",
+    registry.add_modality(
         "audio",
         make_audio_processor,
         AudioSpec,

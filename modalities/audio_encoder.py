@@ -142,9 +142,7 @@ def make_ast_encoder(config: ASTEncoderSpec, ctx: BuildContext) -> ASTEncoder:
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``ast`` audio encoder."""
-    registry.add(
-        "encoder",
-        "ast",
+    registry.add_encoder(
         make_ast_encoder,
         ASTEncoderSpec,
         description="Audio Spectrogram Transformer over log-Mel clips (transformers)",

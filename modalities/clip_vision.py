@@ -72,9 +72,7 @@ def make_clip_vision_encoder(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPV
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``clip_vision`` encoder."""
-    registry.add(
-        "encoder",
-        "clip_vision",
+    registry.add_encoder(
         make_clip_vision_encoder,
         CLIPVisionSpec,
         description="CLIP ViT vision tower; videos frame by frame (transformers)",

@@ -63,9 +63,7 @@ def make_frame_mean_encoder(config: FrameMeanSpec, ctx: BuildContext) -> FrameMe
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``frame_mean`` encoder."""
-    registry.add(
-        "encoder",
-        "frame_mean",
+    registry.add_encoder(
         make_frame_mean_encoder,
         FrameMeanSpec,
         description="ViT per frame, features averaged over time (COTS)",

@@ -171,16 +171,13 @@ def make_vit_encoder(config: ViTEncoderSpec, ctx: BuildContext) -> ViTImageEncod
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the image modality and the ViT encoder."""
-    registry.add(
-        "modality",
+    registry.add_modality(
         "image",
         make_image_processor,
         ImageSpec,
         description="PIL image decoding, random resized crop, flip, normalise",
     )
-    registry.add(
-        "encoder",
-        "vit",
+    registry.add_encoder(
         make_vit_encoder,
         ViTEncoderSpec,
         description="ViT image encoder (transformers)",

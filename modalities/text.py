@@ -277,16 +277,13 @@ def make_bert_encoder(config: BertEncoderSpec, ctx: BuildContext) -> BertTextEnc
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the text modality and the BERT encoder."""
-    registry.add(
-        "modality",
+    registry.add_modality(
         "text",
         make_text_processor,
         TextSpec,
         description="WordPiece tokenization (loaded or trained from captions)",
     )
-    registry.add(
-        "encoder",
-        "bert",
+    registry.add_encoder(
         make_bert_encoder,
         BertEncoderSpec,
         description="BERT text encoder (transformers)",

@@ -397,9 +397,7 @@ def make_bert_decoder(config: BertDecoderSpec, ctx: BuildContext) -> BertTextDec
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``bert_decoder`` decoder."""
-    registry.add(
-        "decoder",
-        "bert_decoder",
+    registry.add_decoder(
         make_bert_decoder,
         BertDecoderSpec,
         description="BERT with cross-attention and LM head; shares with a BERT encoder",

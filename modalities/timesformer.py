@@ -280,9 +280,7 @@ def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> Time
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``timesformer`` encoder."""
-    registry.add(
-        "encoder",
-        "timesformer",
+    registry.add_encoder(
         make_timesformer_encoder,
         TimeSformerSpec,
         description="divided space-time ViT for video and images, inflated from a ViT",

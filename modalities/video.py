@@ -148,8 +148,7 @@ def make_video_processor(config: VideoSpec, ctx: DataContext) -> VideoProcessor:
 @hookimpl
 def modaloom_register_modalities(registry: Registry) -> None:
     """Register the ``video`` modality."""
-    registry.add(
-        "modality",
+    registry.add_modality(
         "video",
         make_video_processor,
         VideoSpec,

@@ -170,9 +170,7 @@ def make_itc(config: ITCSpec, ctx: BuildContext) -> ITC:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register in-batch ITC."""
-    registry.add(
-        "objective",
-        "itc",
+    registry.add_objective(
         make_itc,
         ITCSpec,
         description="in-batch contrastive loss with a learnable clamped temperature",

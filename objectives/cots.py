@@ -239,9 +239,7 @@ def make_cots_contrast(config: COTSContrastSpec, ctx: BuildContext) -> COTSContr
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``cots_contrastive``."""
-    registry.add(
-        "objective",
-        "cots_contrastive",
+    registry.add_objective(
         make_cots_contrast,
         COTSContrastSpec,
         description="COTS momentum contrast with task-level KL and adaptive momentum filter",

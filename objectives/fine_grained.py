@@ -326,9 +326,7 @@ def make_mga(config: MGASpec, ctx: BuildContext) -> MGA:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``mga``."""
-    registry.add(
-        "objective",
-        "mga",
+    registry.add_objective(
         make_mga,
         MGASpec,
         description="VALOR fine-grained weighted token-frame contrast over modality groups",

@@ -223,9 +223,7 @@ def make_lm(config: LMSpec, ctx: BuildContext) -> LanguageModeling:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``lm``."""
-    registry.add(
-        "objective",
-        "lm",
+    registry.add_objective(
         make_lm,
         LMSpec,
         description="teacher-forced captioning LM with [DEC] BOS and label smoothing (OmniVL)",

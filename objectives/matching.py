@@ -391,9 +391,7 @@ def make_itm(config: ITMSpec, ctx: BuildContext) -> ITM:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``itm``."""
-    registry.add(
-        "objective",
-        "itm",
+    registry.add_objective(
         make_itm,
         ITMSpec,
         description="image/video-text matching with contrastive hard negatives (OmniVL/BLIP)",

@@ -233,9 +233,7 @@ def make_mgc(config: MGCSpec, ctx: BuildContext) -> MGC:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``mgc``."""
-    registry.add(
-        "objective",
-        "mgc",
+    registry.add_objective(
         make_mgc,
         MGCSpec,
         description="VALOR masked generation over modality groups (causal MLM, 60% masking)",

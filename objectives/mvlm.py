@@ -347,9 +347,7 @@ def make_mvlm(config: MVLMSpec, ctx: BuildContext) -> MVLM:
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``mvlm``."""
-    registry.add(
-        "objective",
-        "mvlm",
+    registry.add_objective(
         make_mvlm,
         MVLMSpec,
         description="COTS masked vision-language modelling (CMLM + CMVM) without fusion",

@@ -327,16 +327,12 @@ def make_queue_contrastive(
 @hookimpl
 def modaloom_register_objectives(registry: Registry) -> None:
     """Register ``itc_queue`` and ``univlc``."""
-    registry.add(
-        "objective",
-        "itc_queue",
+    registry.add_objective(
         make_queue_contrastive,
         ITCQueueSpec,
         description="ITC with momentum encoders, a feature queue and momentum distillation",
     )
-    registry.add(
-        "objective",
-        "univlc",
+    registry.add_objective(
         make_queue_contrastive,
         UniVLCSpec,
         description="UniVLC: label-aware ITC with momentum queues (OmniVL)",

@@ -203,9 +203,7 @@ class CaptioningEvaluator(Evaluator):
 @hookimpl
 def modaloom_register_evaluators(registry: Registry) -> None:
     """Register the captioning evaluator."""
-    registry.add(
-        "evaluator",
-        "captioning",
+    registry.add_evaluator(
         CaptioningEvaluator,
         CaptioningSpec,
         description="greedy/beam captions scored with BLEU-4, CIDEr, ROUGE-L (METEOR with Java)",

@@ -149,9 +149,7 @@ class QAEvaluator(Evaluator):
 @hookimpl
 def modaloom_register_evaluators(registry: Registry) -> None:
     """Register the QA evaluator."""
-    registry.add(
-        "evaluator",
-        "qa",
+    registry.add_evaluator(
         QAEvaluator,
         QASpec,
         description="generative QA (greedy answers), normalised exact-match accuracy",

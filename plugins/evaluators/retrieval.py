@@ -303,9 +303,7 @@ class _Swapped(Objective):
 @hookimpl
 def modaloom_register_evaluators(registry: Registry) -> None:
     """Register the retrieval evaluator."""
-    registry.add(
-        "evaluator",
-        "retrieval",
+    registry.add_evaluator(
         RetrievalEvaluator,
         RetrievalSpec,
         description="R@1/5/10 and median rank in both directions (chunked)",

@@ -91,9 +91,7 @@ class ZeroShotEvaluator(Evaluator):
 @hookimpl
 def modaloom_register_evaluators(registry: Registry) -> None:
     """Register the zero-shot classification evaluator."""
-    registry.add(
-        "evaluator",
-        "zeroshot",
+    registry.add_evaluator(
         ZeroShotEvaluator,
         ZeroShotSpec,
         description="zero-shot classification from prompted label texts",

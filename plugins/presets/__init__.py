@@ -24,11 +24,9 @@ def register_preset_dir(registry: Registry, directory: Path) -> None:
     for path in sorted(directory.glob("*.yaml")):
         first = path.read_text().splitlines()[0] if path.stat().st_size else ""
         description = first.lstrip("# ").strip() if first.startswith("#") else ""
-        registry.add(
-            "preset",
+        registry.add_preset(
             path.stem,
             partial(read_preset, path),
-            None,
             description=description,
             path=str(path),
         )

@@ -374,9 +374,7 @@ def make_digits_av_source(config: DigitsAvSpec) -> Source:
 @hookimpl
 def modaloom_register_sources(registry: Registry) -> None:
     """Register the ``digits_av`` demo source."""
-    registry.add(
-        "source",
-        "digits_av",
+    registry.add_source(
         make_digits_av_source,
         DigitsAvSpec,
         description="built-in demo: handwritten digit clips with DTMF tones (+ labels)",

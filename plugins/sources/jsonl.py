@@ -87,9 +87,7 @@ def make_jsonl_source(config: JsonlSpec) -> JsonlSource:
 @hookimpl
 def modaloom_register_sources(registry: Registry) -> None:
     """Register the JSONL manifest source."""
-    registry.add(
-        "source",
-        "jsonl",
+    registry.add_source(
         make_jsonl_source,
         JsonlSpec,
         description="JSONL manifest with media paths relative to it",

@@ -274,9 +274,7 @@ def make_labels_source(config: LabelsSpec) -> LabelSource:
 @hookimpl
 def modaloom_register_sources(registry: Registry) -> None:
     """Register the ``labels`` source."""
-    registry.add(
-        "source",
-        "labels",
+    registry.add_source(
         make_labels_source,
         LabelsSpec,
         description="class-labelled images or videos as prompted texts (UniVLC)",

@@ -353,9 +353,7 @@ def make_webdataset_source(config: WebDatasetSpec) -> WebDatasetSource:
 @hookimpl
 def modaloom_register_sources(registry: Registry) -> None:
     """Register the webdataset source."""
-    registry.add(
-        "source",
-        "webdataset",
+    registry.add_source(
         make_webdataset_source,
         WebDatasetSpec,
         description="WebDataset tar shards over any fsspec URL (file, memory, http, s3)",

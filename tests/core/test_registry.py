@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import Literal
 
 import pluggy
 import pytest
@@ -12,6 +13,7 @@ from modaloom.core.errors import DuplicateComponentError, PluginImportError, Unk
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.plugins import BUILTIN_PLUGINS, load_plugins
 from modaloom.core.registry import Registry
+from modaloom.core.spec_models import ObjectiveSpec
 
 
 def test_builtins_register_through_their_own_plugin_modules(registry: Registry) -> None:
@@ -107,3 +109,33 @@ def test_broken_entry_point_is_reported(tmp_path, monkeypatch) -> None:  # type:
     with pytest.raises(PluginImportError) as info:
         load_plugins()
     assert str(info.value) == "Error importing plugin \"broken\": RuntimeError('boom')"
+
+
+class _DotSpec(ObjectiveSpec):
+    type: Literal["dot"] = "dot"
+
+
+class _UntypedSpec(ObjectiveSpec):
+    type: str = "untyped"
+
+
+def test_typed_registration_takes_the_name_from_the_config_type() -> None:
+    registry = Registry()
+
+    def factory(config: _DotSpec, ctx: object) -> object:
+        return ("built", config.type)
+
+    registry.add_objective(factory, _DotSpec, description="a dot")  # type: ignore[arg-type]
+    assert registry.names("objective") == ["dot"]
+    assert registry.objective_factory("dot")(_DotSpec(), None) == ("built", "dot")  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as info:
+        registry.add_objective(factory, _UntypedSpec)  # type: ignore[arg-type]
+    assert str(info.value) == '_UntypedSpec must declare `type: Literal["<name>"]`'
+
+
+def test_a_component_registered_without_a_factory_cannot_be_built() -> None:
+    registry = Registry()
+    registry.add("objective", "bare")
+    with pytest.raises(TypeError) as info:
+        registry.objective_factory("bare")
+    assert str(info.value) == "objective 'bare' was registered without a factory"

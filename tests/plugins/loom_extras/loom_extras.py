@@ -91,9 +91,7 @@ class ColorSquares(modaloom.Source):
 
 @modaloom.hookimpl
 def modaloom_register_modalities(registry: modaloom.Registry) -> None:
-    registry.add(
-        "encoder",
-        "pixel_mlp",
+    registry.add_encoder(
         lambda cfg, ctx: PixelMLP(cfg.hidden),
         PixelMLPSpec,
         description="patch MLP image encoder",
@@ -103,9 +101,7 @@ def modaloom_register_modalities(registry: modaloom.Registry) -> None:
 
 @modaloom.hookimpl
 def modaloom_register_objectives(registry: modaloom.Registry) -> None:
-    registry.add(
-        "objective",
-        "cosine_align",
+    registry.add_objective(
         lambda cfg, ctx: CosineAlign(cfg, ctx.output_dim(cfg.a), ctx.output_dim(cfg.b)),
         CosineAlignSpec,
         description="1 - cosine similarity of paired features",
@@ -114,9 +110,7 @@ def modaloom_register_objectives(registry: modaloom.Registry) -> None:
 
 @modaloom.hookimpl
 def modaloom_register_sources(registry: modaloom.Registry) -> None:
-    registry.add(
-        "source",
-        "color_squares",
+    registry.add_source(
         ColorSquares,
         ColorSquaresSpec,
         description="in-memory colored squares with captions",
