@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
@@ -169,10 +170,19 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def installed_version() -> str:
+    """The installed distribution's version (``pyproject.toml``)."""
+    try:
+        return importlib.metadata.version("modaloom")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="modaloom", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"modaloom {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train a spec or preset")
     add_spec_arguments(train)

@@ -37,6 +37,7 @@ class ASTEncoderSpec(HFEncoderSpec):
     """
 
     type: Literal["ast"] = "ast"
+    hf_config = ASTConfig
     pooling: Pooling = "cls"
     """Per-clip feature: AST's mean of the [CLS] and distillation tokens, or the mean of the
     patch tokens."""

@@ -26,6 +26,7 @@ class CLIPVisionSpec(HFEncoderSpec):
     """
 
     type: Literal["clip_vision"] = "clip_vision"
+    hf_config = CLIPVisionConfig
 
 
 class CLIPVisionEncoder(Encoder):

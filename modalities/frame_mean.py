@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from torch import Tensor
+from transformers import ViTConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
@@ -27,6 +28,7 @@ class FrameMeanSpec(HFEncoderSpec):
     """
 
     type: Literal["frame_mean"] = "frame_mean"
+    hf_config = ViTConfig
     pooling: Pooling = "cls"
     """Per-frame feature: the frame's [CLS] token or the mean of its patch tokens."""
 

@@ -96,6 +96,7 @@ class ViTEncoderSpec(HFEncoderSpec):
     """
 
     type: Literal["vit"] = "vit"
+    hf_config = ViTConfig
     pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of patch tokens."""
 

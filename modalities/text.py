@@ -223,6 +223,7 @@ class BertEncoderSpec(HFEncoderSpec):
     """
 
     type: Literal["bert"] = "bert"
+    hf_config = BertConfig
     pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of valid tokens."""
 

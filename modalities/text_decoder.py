@@ -310,6 +310,7 @@ class BertDecoderSpec(HFEncoderSpec):
     """
 
     type: Literal["bert_decoder"] = "bert_decoder"
+    hf_config = BertConfig
     sharing: Sharing = "all_but_cross_attention"
     """What is shared with ``share_with``: VALOR shares all but cross-attention, OmniVL/BLIP
     all but self-attention (see `modaloom.modalities.text_decoder`)."""

@@ -231,6 +231,7 @@ class TimeSformerSpec(HFEncoderSpec):
     """
 
     type: Literal["timesformer"] = "timesformer"
+    hf_config = ViTConfig
     num_frames: int | None = Field(None, ge=1)
     """Length of the temporal embedding; defaults to ``data.video.frames`` (8 without one)."""
     pooling: Pooling = "cls"

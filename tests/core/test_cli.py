@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -113,3 +114,10 @@ def test_keep_last_flag(capsys, shapes_manifest: Path, tmp_path: Path) -> None: 
     )
     assert code == 0
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"modaloom {importlib.metadata.version('modaloom')}\n"
