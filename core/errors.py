@@ -45,6 +45,23 @@ class SpecError(ModaloomError):
         super().__init__("\n".join(lines))
 
 
+class SpecProblems(ValueError):
+    """Raised by a spec validator for problems located below the model it validates.
+
+    `load_spec` appends each relative path to the model's own (``config.patch_size`` of
+    ``model.components.vision``), so every problem reads as one located line.
+
+    Args:
+        problems: (path relative to the validated model, message) pairs; ``""`` is the model.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__(
+            "; ".join(f"{path}: {message}" if path else message for path, message in problems)
+        )
+
+
 class MediaDecodeError(ModaloomError):
     """A sample's media could not be decoded; the data layer skips and counts it."""
 

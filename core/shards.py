@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import tarfile
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,13 +29,46 @@ from modaloom.core.errors import DataError, MediaDecodeError
 log = logging.getLogger(__name__)
 
 RANDOM_ACCESS_PROTOCOLS = frozenset({"file", "local", "memory"})
+MAX_SHARDS = 1_000_000
+"""Most shard URLs one pattern may expand to."""
+_BRACE_GROUP = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
 _BLOCK = tarfile.BLOCKSIZE
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
-    """Brace-expand one URL pattern or a list of them into the shard list."""
+    """Brace-expand one URL pattern or a list of them into the shard list.
+
+    Raises:
+        DataError: a pattern's braces are unbalanced, or it expands to more than `MAX_SHARDS`
+            URLs (braceexpand builds each range in memory).
+    """
     patterns = [urls] if isinstance(urls, str) else list(urls)
-    return [url for pattern in patterns for url in braceexpand(pattern) if url.strip()]
+    expanded: list[str] = []
+    for pattern in patterns:
+        if _expansion_bound(pattern) > MAX_SHARDS:
+            raise DataError(f"{pattern!r} expands to more than {MAX_SHARDS:,} shards")
+        try:
+            expanded += [url for url in braceexpand(pattern) if url.strip()]
+        except ValueError:  # braceexpand.UnbalancedBracesError
+            raise DataError(
+                f"{pattern!r} has unbalanced braces; write a range like "
+                "shard-{000000..000009}.tar"
+            ) from None
+    return expanded
+
+
+def _expansion_bound(pattern: str) -> int:
+    """An upper bound of the URLs a pattern expands to (its innermost brace groups)."""
+    bound = 1
+    for group in _BRACE_GROUP.findall(pattern):
+        numbers = _RANGE.fullmatch(group)
+        if numbers is not None:
+            first, last, step = numbers.groups()
+            bound *= abs(int(last) - int(first)) // max(1, abs(int(step or 1))) + 1
+        else:
+            bound *= group.count(",") + 1
+    return bound
 
 
 @dataclass(frozen=True)

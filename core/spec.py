@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from modaloom.core.errors import SpecError
+from modaloom.core.errors import SpecError, SpecProblems
 from modaloom.core.registry import Kind, Registry
 from modaloom.core.spec_models import (
     ComponentSpec,
@@ -22,6 +21,7 @@ from modaloom.core.spec_models import (
     ObjectiveSpec,
     SourceSpec,
 )
+from modaloom.core.spec_yaml import check_size, non_finite, parse_yaml, read_spec_file
 
 _KIND_OF_SECTION: dict[str, str] = {
     "components": "encoder or decoder",
@@ -31,6 +31,8 @@ _KIND_OF_SECTION: dict[str, str] = {
     "eval": "evaluator",
 }
 _CACHE_ATTR = "_spec_class"
+MAX_BASE_CHAIN = 64
+"""Most specs a ``base:`` chain may hold (a spec, its base, the base's base, ...)."""
 
 
 def _union(registry: Registry, kinds: Sequence[Kind], base: type[BaseModel]) -> Any:
@@ -134,7 +136,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     path, sep, raw = assignment.partition("=")
     if not sep or not path:
         raise SpecError([("--set", f"{assignment!r} is not KEY=VALUE, e.g. train.steps=100")])
-    value = yaml.safe_load(raw) if raw else ""
+    value = parse_yaml(raw, f"--set {path}") if raw else ""
     keys = path.split(".")
     node: Any = tree
     for depth, key in enumerate(keys):
@@ -156,52 +158,76 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
             raise SpecError([(path, f"{'.'.join(keys[:depth])} is a value, not a section")])
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError([(str(path), f"not valid YAML: {exc}")], source=str(path)) from exc
-    except OSError as exc:
-        raise SpecError([(str(path), f"cannot read: {exc.strerror}")], source=str(path)) from exc
-    if not isinstance(data, dict):
-        raise SpecError([(str(path), "the top level must be a mapping")], source=str(path))
-    return data
-
-
 def preset_tree(name: str, registry: Registry) -> dict[str, Any]:
     """The raw (unresolved) mapping of a registered preset."""
     return dict(registry.preset_factory(name)())
 
 
-def resolve_tree(
-    source: str | Path | Mapping[str, Any], registry: Registry, _seen: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Load a spec file, preset name or mapping and merge its ``base:`` chain."""
+def resolve_tree(source: str | Path | Mapping[str, Any], registry: Registry) -> dict[str, Any]:
+    """Load a spec file, preset name or mapping and merge its ``base:`` chain.
+
+    Raises:
+        SpecError: a spec cannot be read (see `read_spec_file`), ``base:`` is not a string,
+            the chain is a cycle or longer than `MAX_BASE_CHAIN`.
+    """
+    chain: list[dict[str, Any]] = []
+    seen = [] if isinstance(source, Mapping) else [str(source)]
+    current: str | Path | Mapping[str, Any] | None = source
+    while current is not None:
+        if len(chain) == MAX_BASE_CHAIN:
+            problem = f"the base: chain is longer than {MAX_BASE_CHAIN} specs; shorten it"
+            raise SpecError([("base", problem)])
+        tree = _load_one(current, registry)
+        base = tree.pop("base", None)
+        chain.append(tree)
+        if base is not None and not isinstance(base, str | Path):
+            where = f" (in {seen[-1]})" if seen else ""  # the spec that holds it
+            problem = f"must be a preset name or a spec file (a string), got {_kind(base)}{where}"
+            raise SpecError([("base", problem)])
+        if base is not None and str(base) in seen:
+            cycle = " -> ".join((*seen, str(base)))
+            raise SpecError([("base", f"presets inherit in a cycle: {cycle}")])
+        if base is not None:
+            seen.append(str(base))
+        current = base
+    merged = chain.pop()
+    while chain:
+        merged = deep_merge(merged, chain.pop())
+    return merged
+
+
+def _kind(value: Any) -> str:
+    """A value's kind in YAML words, for messages."""
+    names = {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number"}
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+
+
+def _is_file(source: str | Path) -> bool:
+    """Whether ``source`` names a file (a name no file can have is not one)."""
+    try:
+        return Path(source).is_file()
+    except (OSError, ValueError):  # too long, or holding a NUL byte
+        return False
+
+
+def _load_one(source: str | Path | Mapping[str, Any], registry: Registry) -> dict[str, Any]:
+    """One spec of a ``base:`` chain as a fresh mapping (checked by `check_size`)."""
     if isinstance(source, Mapping):
-        tree = dict(source)
-    elif Path(source).is_file():
-        tree = _read_yaml(Path(source))
-    elif str(source) in registry.names("preset"):
+        check_size(source, "spec")
+        return copy.deepcopy(dict(source))  # overrides must not change the caller's mapping
+    if _is_file(source):
+        return read_spec_file(Path(source))
+    if str(source) in registry.names("preset"):
         tree = preset_tree(str(source), registry)
-    else:
-        presets = registry.names("preset")
-        close = difflib.get_close_matches(str(source), presets, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise SpecError(
-            [
-                (
-                    str(source),
-                    f"no such file and no preset of that name.{hint} "
-                    f"Presets: {', '.join(presets) or '(none)'}",
-                )
-            ]
-        )
-    base = tree.pop("base", None)
-    if base is None:
+        check_size(tree, str(source))
         return tree
-    if base in _seen:
-        raise SpecError([("base", f"presets inherit in a cycle: {' -> '.join((*_seen, base))}")])
-    return deep_merge(resolve_tree(base, registry, (*_seen, str(base))), tree)
+    presets = registry.names("preset")
+    close = difflib.get_close_matches(str(source), presets, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    problem = (
+        f"no such file and no preset of that name.{hint} Presets: {', '.join(presets) or '(none)'}"
+    )
+    raise SpecError([(str(source), problem)])
 
 
 def _drop_union_tags(loc: list[str], tags: set[str]) -> list[str]:
@@ -245,14 +271,34 @@ def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
 def validate_tree(
     tree: Mapping[str, Any], registry: Registry, source: str = "spec"
 ) -> ExperimentSpec:
-    """Validate a resolved mapping into an `ExperimentSpec`, raising `SpecError`."""
+    """Validate a resolved mapping into an `ExperimentSpec`, raising `SpecError`.
+
+    Infinite and NaN numbers are refused anywhere in the tree (``lr: .inf``, a component's
+    ``config``); validators find the registry in the validation context.
+    """
+    check_size(tree, source)
+    infinite = [
+        (path, f"{value} is not a finite number; give one") for path, value in non_finite(tree)
+    ]
+    if infinite:
+        raise SpecError(infinite, source=source)
     spec_class = build_spec_class(registry)
     try:
-        return spec_class.model_validate(tree)
+        return spec_class.model_validate(tree, context={"registry": registry})
     except ValidationError as exc:
         tags = {c.name for c in registry if c.kind != "preset"}
-        problems = [_describe(error, tags) for error in exc.errors()]
+        problems = [problem for error in exc.errors() for problem in _problems(error, tags)]
         raise SpecError(problems, source=source) from None
+
+
+def _problems(error: Mapping[str, Any], tags: set[str]) -> list[tuple[str, str]]:
+    """One pydantic error as located problems (a `SpecProblems` raised by a validator is a
+    list of problems below the location pydantic gives)."""
+    cause = (error.get("ctx") or {}).get("error")
+    if not isinstance(cause, SpecProblems):
+        return [_describe(error, tags)]
+    loc = _drop_union_tags([str(part) for part in error["loc"]], tags)
+    return [(".".join([*loc, path] if path else loc) or "spec", m) for path, m in cause.problems]
 
 
 def load_spec(

@@ -11,17 +11,76 @@ read with `DataSpec.modality`.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from modaloom.core.errors import SpecProblems
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""A random seed: what every generator accepts (0 .. 2**32 - 1)."""
 
 
 class Spec(BaseModel):
     """Base of every spec model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
+
+
+class Reference(NamedTuple):
+    """A name a config uses for another entry of the spec (see `modaloom.core.spec_references`).
+
+    Attributes:
+        path: the field holding the name, relative to the config (``a``, ``groups.0.1.0``).
+        name: the name used.
+        kind: what it names: a component, a component of a registered decoder type, or an
+            objective (by ``name:``, else ``type``).
+        types: the ``type:`` values the named entry may have; empty = any.
+    """
+
+    path: str
+    name: str
+    kind: Literal["component", "decoder", "objective"] = "component"
+    types: tuple[str, ...] = ()
+
+
+def component_references(field: str, names: str | Iterable[str] | None) -> list[Reference]:
+    """References to the component(s) of a field holding a name, a list of names or ``None``."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return [Reference(field, names)]
+    return [Reference(f"{field}.{index}", name) for index, name in enumerate(names)]
+
+
+def group_references(field: str, group: Sequence[str | list[str]] | None) -> list[Reference]:
+    """References to the components of a modality group (``[text, [vision, audio]]``)."""
+    return [
+        reference
+        for position, member in enumerate(group or ())
+        for reference in component_references(f"{field}.{position}", member)
+    ]
+
+
+def group_list_references(
+    field: str, groups: Sequence[Sequence[str | list[str]]]
+) -> list[Reference]:
+    """References to the components of a list of modality groups."""
+    return [r for g, group in enumerate(groups) for r in group_references(f"{field}.{g}", group)]
+
+
+def objective_reference(
+    field: str, name: str | None, types: tuple[str, ...] = ()
+) -> list[Reference]:
+    """A reference to the objective a field names, if it names one."""
+    return [] if name is None else [Reference(field, name, "objective", types)]
 
 
 class ComponentSpec(Spec):
@@ -47,6 +106,10 @@ class ObjectiveSpec(Spec):
     name: str | None = None
     """Prefix of its metric names; defaults to the type."""
 
+    def references(self) -> list[Reference]:
+        """The components and objectives this config names, checked when the spec loads."""
+        return []
+
 
 class SourceSpec(Spec):
     """Base of data source configs (``data.sources.<name>``)."""
@@ -67,6 +130,10 @@ class EvaluatorSpec(Spec):
     """Registered evaluator name."""
     source: str
     """Name of an entry of ``data.eval_sources`` (or ``data.sources``)."""
+
+    def references(self) -> list[Reference]:
+        """The components and objectives this config names, checked when the spec loads."""
+        return []
 
 
 class OptimizerSpec(Spec):
@@ -123,7 +190,7 @@ class TrainSpec(Spec):
     """Clip the global gradient norm to this value; ``null`` disables clipping."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Mixed precision mode passed to Accelerate."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of every random number generator (model init, data order, augmentation)."""
     checkpoint_every: int = Field(500, gt=0)
     """Write a checkpoint every this many steps (and at the end)."""
@@ -207,62 +274,11 @@ class ExperimentSpec(Spec):
     """Evaluators run by ``modaloom eval`` and ``train.eval_every``."""
 
     @model_validator(mode="after")
-    def _references_exist(self) -> ExperimentSpec:
-        problems = [
-            *_share_problems(self.model),
-            *_stage_problems(self.train, self.data),
-            *_objective_problems(self.model, self.data),
-            *_eval_problems(self),
-        ]
+    def _references_exist(self, info: ValidationInfo) -> ExperimentSpec:
+        from modaloom.core.spec_references import reference_problems  # it reads these classes
+
+        registry = (info.context or {}).get("registry")
+        problems = reference_problems(self, registry)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SpecProblems(problems)
         return self
-
-
-def _share_problems(model: ModelSpec) -> list[str]:
-    return [
-        f"model.components.{name}.share_with names {comp.share_with!r}, which is not "
-        f"a component; use one of {sorted(model.components)}"
-        for name, comp in model.components.items()
-        if comp.share_with is not None and comp.share_with not in model.components
-    ]
-
-
-def _stage_problems(train: TrainSpec, data: DataSpec) -> list[str]:
-    return [
-        f"train.stages.{index}.sources names {source!r}, which is not in "
-        f"data.sources; use one of {sorted(data.sources)}"
-        for index, stage in enumerate(train.stages)
-        for source in stage.sources or []
-        if source not in data.sources
-    ]
-
-
-def _objective_problems(model: ModelSpec, data: DataSpec) -> list[str]:
-    names = [o.name or o.type for o in model.objectives]
-    problems = [
-        f"model.objectives.{index} is the second objective named {name!r}; "
-        "give it a distinct `name:`"
-        for index, name in enumerate(names)
-        if name in names[:index]
-    ]
-    problems += [
-        f"data.sources.{name}.objectives names {objective!r}, which is not an "
-        f"objective; use one of {names}"
-        for name, source in data.sources.items()
-        for objective in source.objectives or []
-        if objective not in names
-    ]
-    return problems
-
-
-def _eval_problems(spec: ExperimentSpec) -> list[str]:
-    data = spec.data
-    problems = [
-        f"eval.{index}.source names {evaluator.source!r}; add it to data.eval_sources"
-        for index, evaluator in enumerate(spec.eval)
-        if evaluator.source not in data.eval_sources and evaluator.source not in data.sources
-    ]
-    if spec.train.eval_every is not None and not spec.eval:
-        problems.append("train.eval_every is set but there is no `eval:` section; add one")
-    return problems

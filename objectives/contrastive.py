@@ -19,7 +19,7 @@ from modaloom.core.distributed import gather_no_grad, gather_with_grad
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.core.spec_models import ObjectiveSpec, Reference
 from modaloom.objectives.losses import label_equality, soft_cross_entropy
 
 
@@ -67,6 +67,10 @@ class TwoTowerSpec(ObjectiveSpec):
     """Learn the temperature (clamped to ``temperature_range`` at every step)."""
     temperature_range: tuple[float, float] = (0.001, 0.5)
     """Clamp range of a learnable temperature (BLIP/OmniVL: 0.001..0.5)."""
+
+    def references(self) -> list[Reference]:
+        """``a`` and ``b`` name components."""
+        return [Reference("a", self.a), Reference("b", self.b)]
 
     @model_validator(mode="after")
     def _range_holds_init(self) -> TwoTowerSpec:

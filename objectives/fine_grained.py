@@ -49,7 +49,7 @@ from modaloom.core.features import Group, default_groups, group_members, group_n
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.core.spec_models import ObjectiveSpec, Reference, group_list_references
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.fine_grained_similarity import fine_grained_similarity
 from modaloom.objectives.losses import zero_loss_like
@@ -81,6 +81,10 @@ class MGASpec(ObjectiveSpec):
     gather: bool = True
     """Use every rank's batch as negatives: token and frame features are gathered with
     gradient and each rank scores its own rows against the global batch."""
+
+    def references(self) -> list[Reference]:
+        """``groups`` name components."""
+        return group_list_references("groups", self.groups)
 
     @model_validator(mode="after")
     def _check(self) -> MGASpec:

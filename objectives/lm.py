@@ -34,7 +34,7 @@ from modaloom.core.generation import SearchOptions
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective, TextCodec
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.core.spec_models import ObjectiveSpec, Reference, component_references
 from modaloom.objectives.conditioning import (
     ConditionEncoder,
     TextTokens,
@@ -82,6 +82,13 @@ class LMSpec(ObjectiveSpec):
     """Text inserted after [DEC] and excluded from the loss (BLIP captioning: "a picture of")."""
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     """Label-smoothing epsilon (BLIP: 0.1)."""
+
+    def references(self) -> list[Reference]:
+        """``decoder`` names a decoder component, ``condition`` components."""
+        return [
+            Reference("decoder", self.decoder, "decoder"),
+            *component_references("condition", self.condition),
+        ]
 
 
 class LanguageModeling(Objective):

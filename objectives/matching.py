@@ -49,7 +49,7 @@ from modaloom.core.distributed import (
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Decoder, Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.core.spec_models import ObjectiveSpec, Reference
 from modaloom.objectives.conditioning import TextTokens, check_decoder, decoder_of, text_tokens
 from modaloom.objectives.contrastive import ClampedTemperature
 from modaloom.objectives.losses import zero_loss_like
@@ -124,6 +124,14 @@ class ITMSpec(ObjectiveSpec):
     of every process (OmniVL/BLIP retrieval fine-tuning, ``negative_all_rank``); similarities
     then come from a contrastive objective's ``embed`` (uniform without one), and visual tokens
     drawn from another process carry their gradient back to it."""
+
+    def references(self) -> list[Reference]:
+        """``vision`` and ``text`` name components, ``decoder`` a decoder component."""
+        return [
+            Reference("vision", self.vision),
+            Reference("text", self.text),
+            Reference("decoder", self.decoder, "decoder"),
+        ]
 
 
 class ITM(Objective):

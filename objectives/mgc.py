@@ -41,7 +41,7 @@ from modaloom.core.generation import SearchOptions
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec
+from modaloom.core.spec_models import ObjectiveSpec, Reference, group_list_references
 from modaloom.objectives.conditioning import (
     ConditionEncoder,
     TextTokens,
@@ -76,6 +76,13 @@ class MGCSpec(ObjectiveSpec):
     """Batch key of ``{"answer_start": (B,) long}`` for the QA variant; ``text`` reads the text
     batch's own ``answer_start``, which the text processor fills for ``{question, answer}``
     values (the digits-av ``part: qa`` source)."""
+
+    def references(self) -> list[Reference]:
+        """``decoder`` names a decoder component, ``groups`` components."""
+        return [
+            Reference("decoder", self.decoder, "decoder"),
+            *group_list_references("groups", self.groups),
+        ]
 
     @model_validator(mode="after")
     def _distinct_groups(self) -> MGCSpec:

@@ -54,7 +54,7 @@ from modaloom.core.errors import SpecError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec, Spec
+from modaloom.core.spec_models import ObjectiveSpec, Reference, Seed, Spec
 from modaloom.objectives.conditioning import TextTokens, text_tokens
 from modaloom.objectives.cots import AMF_KEEP_KEY
 from modaloom.objectives.losses import zero_loss_like
@@ -76,7 +76,7 @@ class KMeansTokenizerSpec(Spec):
     """Size of the visual-token vocabulary (centroids)."""
     fit_steps: int = Field(1000, ge=0)
     """Training batches that refine the centroids before they are frozen."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the initial choice of patches."""
 
 
@@ -116,6 +116,10 @@ class MVLMSpec(ObjectiveSpec):
     visual_tokenizer: VisualTokenizerSpec = KMeansTokenizerSpec()
     """Where CMVM's targets come from (see `modaloom.objectives.mvlm`); ``type`` defaults to
     ``kmeans``."""
+
+    def references(self) -> list[Reference]:
+        """``vision`` and ``text`` name components."""
+        return [Reference("vision", self.vision), Reference("text", self.text)]
 
     @model_validator(mode="before")
     @classmethod

@@ -26,7 +26,12 @@ from modaloom.core.generation import TextGenerator
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Batch, TextCodec
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import EvaluatorSpec
+from modaloom.core.spec_models import (
+    EvaluatorSpec,
+    Reference,
+    group_references,
+    objective_reference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +146,13 @@ class CaptioningSpec(EvaluatorSpec):
     """How many (key, generated, reference) examples to keep in ``evaluator.examples``."""
     meteor: bool = True
     """Compute METEOR when Java is available (it starts a JVM: a few seconds)."""
+
+    def references(self) -> list[Reference]:
+        """``objective`` names an objective, ``group`` components."""
+        return [
+            *objective_reference("objective", self.objective),
+            *group_references("group", self.group),
+        ]
 
 
 class CaptioningEvaluator(Evaluator):

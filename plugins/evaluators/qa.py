@@ -25,7 +25,12 @@ from modaloom.core.generation import TextGenerator
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Batch, TextCodec
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import EvaluatorSpec
+from modaloom.core.spec_models import (
+    EvaluatorSpec,
+    Reference,
+    group_references,
+    objective_reference,
+)
 from modaloom.plugins.evaluators.captioning import condition_of, text_generator, tokenize_caption
 
 
@@ -75,6 +80,13 @@ class QASpec(EvaluatorSpec):
     examples: int = Field(5, ge=0)
     """How many (key, question, generated, reference) examples to keep in
     ``evaluator.examples``."""
+
+    def references(self) -> list[Reference]:
+        """``objective`` names an objective, ``group`` components."""
+        return [
+            *objective_reference("objective", self.objective),
+            *group_references("group", self.group),
+        ]
 
 
 class QAEvaluator(Evaluator):

@@ -13,7 +13,12 @@ from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Batch, Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import EvaluatorSpec
+from modaloom.core.spec_models import (
+    EvaluatorSpec,
+    Reference,
+    component_references,
+    objective_reference,
+)
 
 RECALL_AT = (1, 5, 10)
 
@@ -41,6 +46,16 @@ class RetrievalSpec(EvaluatorSpec):
     """Candidates per query re-scored by ITM."""
     match_by: Literal["text", "key"] = "text"
     """``text``: samples sharing a caption count as correct matches; ``key``: only the pair."""
+
+    def references(self) -> list[Reference]:
+        """``query`` and ``target`` name components, ``objective`` an objective, ``rerank`` an
+        ``itm`` objective."""
+        return [
+            *component_references("query", self.query),
+            *component_references("target", self.target),
+            *objective_reference("objective", self.objective),
+            *objective_reference("rerank", self.rerank, ("itm",)),
+        ]
 
 
 def initials(components: list[str]) -> str:

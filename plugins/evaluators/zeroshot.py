@@ -14,7 +14,12 @@ from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Batch, Objective
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import EvaluatorSpec
+from modaloom.core.spec_models import (
+    EvaluatorSpec,
+    Reference,
+    component_references,
+    objective_reference,
+)
 
 
 class ZeroShotSpec(EvaluatorSpec):
@@ -35,6 +40,14 @@ class ZeroShotSpec(EvaluatorSpec):
     """Metric prefix."""
     label_field: str = "label"
     """The sample field holding the class index (``label``, or e.g. ``visual_digit``)."""
+
+    def references(self) -> list[Reference]:
+        """``media`` and ``text`` name components, ``objective`` an objective."""
+        return [
+            *component_references("media", self.media),
+            Reference("text", self.text),
+            *objective_reference("objective", self.objective),
+        ]
 
 
 def prompt_batch(ctx: EvalContext, texts: list[str]) -> Batch:

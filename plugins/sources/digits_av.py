@@ -37,7 +37,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source
 from modaloom.core.registry import Registry
 from modaloom.core.shards import write_shards
-from modaloom.core.spec_models import SourceSpec
+from modaloom.core.spec_models import Seed, SourceSpec
 from modaloom.plugins.sources.labels import InMemorySource, LabelSource
 from modaloom.plugins.sources.webdataset import WebDatasetSource, WebDatasetSpec
 
@@ -318,7 +318,7 @@ class DigitsAvSpec(SourceSpec):
     part: Literal["clips", "labels", "qa"] = "clips"
     """Clips (video + audio + caption + QA), image-label samples (PNG + class prompts), or
     ``qa``: the clips with their two QA pairs as ``text`` (training picks one per sample)."""
-    seed: int = 0
+    seed: Seed = 0
     """Build seed."""
     num_train_clips: int = Field(3000, ge=1)
     """Train clips."""

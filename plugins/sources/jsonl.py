@@ -42,7 +42,14 @@ class JsonlSource(Source):
         self.root = path.resolve().parent
         self.samples: list[RawSample] = []
         self.invalid_lines = 0
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"manifest {config.path!r} line {number} is not UTF-8 (byte "
+                    f"0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
+                ) from None
             if line.strip():
                 self._add(number, line, path)
         if not self.samples:

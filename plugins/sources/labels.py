@@ -32,7 +32,7 @@ from modaloom.core.errors import DataError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import SourceSpec
+from modaloom.core.spec_models import Seed, SourceSpec
 from modaloom.plugins.sources.jsonl import JsonlSource, JsonlSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class LabelsSpec(SourceSpec):
     pick_template: Literal["per_draw", "per_index"] = "per_draw"
     """``per_draw``: the text processor picks a template each time a sample is drawn;
     ``per_index``: one template per sample index, from a generator seeded with ``seed``."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the ``per_index`` template choice."""
     label_offset: int | None = Field(None, ge=0)
     """First label id of this source; assigned after the explicit ranges when omitted."""

@@ -36,12 +36,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from modaloom.core.errors import DataError, MediaDecodeError
+from modaloom.core.errors import DataError, MediaDecodeError, SpecProblems
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source, text_strings
 from modaloom.core.registry import Registry
 from modaloom.core.shards import Blob, MemberRef, expand_urls, open_shard, read_shard
-from modaloom.core.spec_models import SourceSpec
+from modaloom.core.spec_models import Seed, SourceSpec
 from modaloom.plugins.sources.shard_stream import ShardStream, StreamPosition
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class WebDatasetSpec(SourceSpec):
     """Fields whose member may be absent from a sample (the sample then lacks that field)."""
     shuffle_buffer: int = Field(0, ge=0)
     """Samples held in a shuffle buffer (0: storage order); shards are then shuffled too."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the shard and buffer shuffles (the order is a function of seed and epoch)."""
     on_missing: Literal["skip", "raise"] = "skip"
     """A sample lacking a required field: skip it (counted like a corrupt sample) or stop."""
@@ -80,6 +80,10 @@ class WebDatasetSpec(SourceSpec):
         for name, member in self.fields.items():
             if not all(member.split(".")):
                 raise ValueError(f"fields.{name} is {member!r}; write a member like json.caption")
+        try:
+            expand_urls(self.urls)
+        except DataError as exc:
+            raise SpecProblems([("urls", str(exc))]) from None
         return self
 
 

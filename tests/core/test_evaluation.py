@@ -116,5 +116,5 @@ def test_eval_every_without_eval_section_is_a_spec_error(registry, shapes_manife
     with pytest.raises(SpecError) as info:
         load_spec("clip-tiny", overrides, registry)
     assert str(info.value).splitlines()[-1] == (
-        "  spec: train.eval_every is set but there is no `eval:` section; add one"
+        "  train.eval_every: is set but there is no `eval:` section; add one"
     )

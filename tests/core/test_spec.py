@@ -90,9 +90,13 @@ def test_cross_references_are_checked(registry: Registry) -> None:
             ],
             registry,
         )
-    message = str(info.value)
-    assert "model.components.text.share_with names 'vison', which is not a component" in message
-    assert "train.stages.0.sources names 'trian', which is not in data.sources" in message
+    assert info.value.problems == [
+        (
+            "model.components.text.share_with",
+            "'vison' is not a component; use one of ['text', 'vision']",
+        ),
+        ("train.stages.0.sources.0", "'trian' is not in data.sources; use one of ['train']"),
+    ]
 
 
 def test_unknown_spec_name_suggests_presets(registry: Registry) -> None:
