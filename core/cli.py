@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from modaloom.core.demo import DEMO_PRESETS
-from modaloom.core.errors import ModaloomError
+from modaloom.core.errors import ModaloomError, SpecError
 from modaloom.core.plugins import default_registry
 from modaloom.core.spec import build_spec_class, load_spec
 
@@ -114,13 +114,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.set)
+    from modaloom.core.build_check import check_build
+
+    registry = default_registry()
+    spec = load_spec(args.spec, args.set, registry)
+    try:
+        check = check_build(spec, registry)
+    except SpecError as exc:  # name the spec, as load_spec's errors do
+        raise SpecError(exc.problems, source=args.spec) from None
     stages = spec.train.resolved_stages()
     print(
         f"{args.spec}: valid ({len(spec.model.components)} components, "
         f"{len(spec.model.objectives)} objectives, {len(spec.data.sources)} sources, "
         f"{sum(s.steps for s in stages)} steps in {len(stages)} stage(s))"
     )
+    if check.built:
+        print("the model builds (checked on the meta device)")
+    else:
+        print(f"not built: {', '.join(check.skipped)} load checkpoints when training starts")
     return 0
 
 
@@ -152,10 +163,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
 @command("schema")
 def cmd_schema(args: argparse.Namespace) -> int:
     schema = json.dumps(build_spec_class(default_registry()).model_json_schema(), indent=2)
-    if args.output:
-        Path(args.output).write_text(schema + "\n")
-    else:
+    if not args.output:
         print(schema)
+        return 0
+    try:
+        Path(args.output).write_text(schema + "\n")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        fix = "; create the folder first" if not Path(args.output).parent.is_dir() else ""
+        raise ModaloomError(f"cannot write {args.output}: {reason}{fix}") from None
     return 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from torch import Tensor, nn
 
-from modaloom.core.errors import SpecError
+from modaloom.core.errors import ModaloomError, SpecError
 from modaloom.core.features import FeatureCache
 from modaloom.core.interfaces import Batch, EncoderOutput, Objective, Processor
 from modaloom.core.registry import Registry
@@ -17,6 +18,23 @@ from modaloom.core.spec_models import ComponentSpec, ModelSpec
 __all__ = ["BuildContext", "FeatureCache", "LoomModel", "LoomOutput", "build_model"]
 
 T = TypeVar("T")
+
+
+@contextmanager
+def building(path: str) -> Iterator[None]:
+    """Turn a failure while building the spec entry at ``path`` into a `SpecError` there.
+
+    A factory raises what its library raises (`transformers`, torch) for a config it cannot
+    build; the user sees ``model.components.vision: cannot be built: ValueError: ...``, and the
+    original exception stays chained for a debugger.
+    """
+    try:
+        yield
+    except ModaloomError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or "(no message)"
+        raise SpecError([(path, f"cannot be built: {type(exc).__name__}: {reason}")]) from exc
 
 
 def objectives_spec_error(message: str) -> SpecError:
@@ -283,13 +301,15 @@ def build_model(
     inputs: dict[str, tuple[str, ...]] = {}
     for name in _build_order(model_spec.components):
         spec = model_spec.components[name]
-        ctx.components[name] = _build_component(name, spec, ctx)
+        with building(f"model.components.{name}"):
+            ctx.components[name] = _build_component(name, spec, ctx)
         inputs[name] = _default_inputs(registry, spec)
     objectives: list[tuple[str, float, Objective]] = []
-    for spec in model_spec.objectives:
+    for index, spec in enumerate(model_spec.objectives):
         factory = registry.objective_factory(spec.type)
         name = spec.name or spec.type  # unique: the spec validator checks it
-        objectives.append((name, spec.weight, factory(spec, ctx)))
+        with building(f"model.objectives.{index}"):
+            objectives.append((name, spec.weight, factory(spec, ctx)))
     return LoomModel(ctx.components, inputs, objectives)
 
 

@@ -14,14 +14,16 @@ stay in their own files. What they share is here, written once:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
+from pydantic import model_validator
 from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from modaloom.core.compose import BuildContext
-from modaloom.core.errors import SpecError
+from modaloom.core.errors import SpecError, SpecProblems
 from modaloom.core.spec_models import ComponentSpec
+from modaloom.modalities.hf_config import config_problems
 
 __all__ = [
     "HFEncoderSpec",
@@ -56,6 +58,19 @@ class HFEncoderSpec(ComponentSpec):
     checkpoint's (with ``pretrained``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+
+    hf_config: ClassVar[type[PretrainedConfig] | None] = None
+    """The `transformers` config class ``config`` holds fields of (each subclass sets it)."""
+
+    @model_validator(mode="after")
+    def _config_fits(self) -> HFEncoderSpec:
+        """``config`` must build a `hf_config` (see `modaloom.modalities.hf_config`)."""
+        if self.hf_config is not None:
+            standalone = self.pretrained is None and self.share_with is None
+            problems = config_problems(self.hf_config, self.config, standalone)
+            if problems:
+                raise SpecProblems(problems)
+        return self
 
 
 def component_path(spec: ComponentSpec, ctx: BuildContext) -> str:

@@ -32,6 +32,7 @@ def test_validate_reports_valid_spec(capsys, shapes_manifest: Path) -> None:  # 
     )
     assert capsys.readouterr().out == (
         "clip-tiny: valid (2 components, 1 objectives, 1 sources, 50 steps in 1 stage(s))\n"
+        "the model builds (checked on the meta device)\n"
     )
 
 
