@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import send_to_device
 from torch.utils.data import IterableDataset, get_worker_info
 
-from modaloom.core.errors import MediaDecodeError
+from modaloom.core.errors import MediaDecodeError, decoding
 from modaloom.core.interfaces import Batch, DataContext, Processor, RawSample, Source
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import DataSpec, SourceSpec
@@ -110,15 +110,21 @@ class SampleDecoder:
     _cache: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def process(self, name: str, value: Any, key: str, rng: random.Random) -> dict[str, Any]:
-        """One field through its processor, or from the media cache."""
+        """One field through its processor, or from the media cache.
+
+        Raises:
+            MediaDecodeError: for anything the processor raises (built-in processors raise
+                nothing else; a plugin's may), but not `MemoryError`, `KeyboardInterrupt`, ...
+        """
         processor = self.processors[name]
-        if not self.cache_media or name == "text":
-            return processor.process(value, key=key, train=self.train, rng=rng)
-        fingerprint = hash(value) if isinstance(value, bytes | str) else id(value)
-        entry = (name, key, fingerprint)
-        if entry not in self._cache:
-            self._cache[entry] = processor.process(value, key=key, train=False, rng=rng)
-        return self._cache[entry]
+        with decoding(key):
+            if not self.cache_media or name == "text":
+                return processor.process(value, key=key, train=self.train, rng=rng)
+            fingerprint = hash(value) if isinstance(value, bytes | str) else id(value)
+            entry = (name, key, fingerprint)
+            if entry not in self._cache:
+                self._cache[entry] = processor.process(value, key=key, train=False, rng=rng)
+            return self._cache[entry]
 
     def decode(self, raw: RawSample, rng: random.Random) -> dict[str, Any]:
         """All modality fields of one sample (raises `MediaDecodeError`)."""
@@ -203,6 +209,8 @@ class EvalStream(IterableDataset):
             return
         rngs = [random.Random(f"eval:{index}:{i}") for i in range(len(raws))]
         decoded, skipped = self.decoder.decode_many(list(zip(raws, rngs)))
+        for key, reason in skipped:
+            log.warning("skipped sample %s: %s", key, reason)
         if decoded:
             batch = self.decoder.collate(decoded, skipped)
             batch["__index__"] = index

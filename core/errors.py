@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class ModaloomError(Exception):
@@ -68,6 +69,26 @@ class MediaDecodeError(ModaloomError):
     def __init__(self, key: str, cause: str) -> None:
         super().__init__(f"cannot decode sample {key!r}: {cause}")
         self.key, self.cause = key, cause
+
+
+@contextmanager
+def decoding(key: str) -> Iterator[None]:
+    """Turn any failure raised while decoding one sample into `MediaDecodeError`.
+
+    The cause keeps its type and message (``cannot decode sample 'k': DecompressionBombError:
+    Image size ...``) and is chained. `MemoryError` and what is not an `Exception`
+    (``KeyboardInterrupt``, ``SystemExit``) pass through: they concern the process, not the
+    sample.
+
+    Args:
+        key: the sample key used in error messages.
+    """
+    try:
+        yield
+    except (MediaDecodeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise MediaDecodeError(key, f"{type(exc).__name__}: {exc}") from exc
 
 
 class CheckpointError(ModaloomError):
