@@ -22,6 +22,7 @@ from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
 from modaloom.modalities.audio_decode import decode_audio
+from modaloom.modalities.media_io import decoding
 
 AST_MEAN = -4.2677393
 """AudioSet mean of the log-Mel filterbank, as used by AST."""
@@ -141,18 +142,19 @@ class AudioProcessor(Processor):
             ``{"spectrogram": (N, mel_bins, target_length) float32}`` (mel bins x time).
 
         Raises:
-            MediaDecodeError: unreadable container, no audio stream, zero-length audio.
+            MediaDecodeError: unreadable container, no audio stream, zero-length audio, or any
+                other failure while decoding.
         """
         config = self.config
-        waveform = decode_audio(
-            value, sample_rate=config.sample_rate, key=key, max_seconds=config.max_seconds
-        )
         random_starts = train and config.train_sampling == "random"
-        return {
-            "spectrogram": waveform_to_spectrograms(
+        with decoding(key):
+            waveform = decode_audio(
+                value, sample_rate=config.sample_rate, key=key, max_seconds=config.max_seconds
+            )
+            spectrograms = waveform_to_spectrograms(
                 waveform, config, rng if random_starts else None
             )
-        }
+        return {"spectrogram": spectrograms}
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         """Stack into ``{"spectrogram": (B, N, mel_bins, target_length), "present": (B,) bool}``.

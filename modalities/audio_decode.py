@@ -7,16 +7,96 @@ container (mp4, webm, mkv); only the first audio stream's packets are decoded.
 from __future__ import annotations
 
 import av
+import av.container
 import numpy as np
 import torch
 from torch import Tensor
 
 from modaloom.core.errors import MediaDecodeError
-from modaloom.modalities.media_io import MediaSource, open_media
+from modaloom.modalities.media_io import MediaSource, decoding, open_media
 
 _DOWNMIX_AVERAGE = {"rematrix_maxval": "1.0"}
 """Scale FFmpeg's downmix so its coefficients sum to 1: stereo becomes (L + R) / 2, as
 averaging channels does (without it FFmpeg mixes at -3 dB each and can exceed 1.0)."""
+
+
+MAX_BAD_PACKETS = 16
+"""Undecodable packets skipped per sample (the joins of concatenated files, a damaged frame),
+as FFmpeg's command line skips them, before the stream is declared corrupt."""
+
+
+class MonoResampler:
+    """FFmpeg's resampler to mono float at one rate, rebuilt when the input format changes.
+
+    Streams made by concatenating files change sample rate, channel layout or sample format
+    mid-stream; one FFmpeg resampler takes a single input format, so a new one starts (after
+    the old one is flushed) whenever a frame's format differs from the previous frame's.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._resampler: av.AudioResampler | None = None
+        self._source: tuple[str, str, int] | None = None
+
+    def resample(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
+        """(S,) float32 chunks of ``frame``, or what is left when ``frame`` is ``None``."""
+        if frame is None:
+            return self._flush()
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        chunks = self._flush() if source != self._source else []
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(
+                format="fltp", layout="mono", rate=self.rate, options=_DOWNMIX_AVERAGE
+            )
+            self._source = source
+        chunks.extend(out.to_ndarray()[0] for out in self._resampler.resample(frame))
+        return chunks
+
+    def _flush(self) -> list[np.ndarray]:
+        if self._resampler is None:
+            return []
+        chunks = [out.to_ndarray()[0] for out in self._resampler.resample(None)]
+        self._resampler = None
+        return chunks
+
+
+def _audio_stream(container: av.container.InputContainer, key: str) -> av.AudioStream:
+    """The first audio stream, if FFmpeg can decode it."""
+    if not container.streams.audio:
+        raise MediaDecodeError(key, "no audio stream")
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:  # PyAV leaves it unset when no decoder exists
+        raise MediaDecodeError(
+            key, f"no decoder for the audio stream (format {container.format.name})"
+        )
+    return stream
+
+
+def _decode_chunks(
+    container: av.container.InputContainer, key: str, sample_rate: int, limit: int | None
+) -> list[np.ndarray]:
+    """Mono chunks of the first audio stream until ``limit`` samples (``None``: the end)."""
+    stream = _audio_stream(container, key)
+    mono = MonoResampler(sample_rate)
+    chunks: list[np.ndarray] = []
+    total = bad = 0
+    for packet in container.demux(stream):
+        try:
+            frames = stream.codec_context.decode(packet)
+        except av.InvalidDataError:
+            bad += 1
+            if bad > MAX_BAD_PACKETS:
+                raise MediaDecodeError(
+                    key, f"corrupt stream (more than {MAX_BAD_PACKETS} undecodable packets)"
+                ) from None
+            continue
+        for frame in frames:
+            for chunk in mono.resample(frame):
+                chunks.append(chunk)
+                total += chunk.shape[0]
+        if limit is not None and total >= limit:
+            return chunks
+    return chunks + mono.resample(None)
 
 
 def decode_audio(
@@ -28,6 +108,9 @@ def decode_audio(
 ) -> Tensor:
     """Decode the first audio stream to a mono waveform.
 
+    Rate, layout or sample format may change mid-stream (concatenated files); up to
+    `MAX_BAD_PACKETS` undecodable packets are skipped.
+
     Args:
         source: encoded media (bytes, path or binary file object).
         sample_rate: output rate in Hz (FFmpeg's resampler converts; channels are averaged).
@@ -38,28 +121,14 @@ def decode_audio(
         (S,) float32 samples in [-1, 1].
 
     Raises:
-        MediaDecodeError: unreadable container, no audio stream, no samples, corrupt stream.
+        MediaDecodeError: unreadable container, no audio stream or decoder, no samples, corrupt
+            stream, or any other failure while decoding (the cause's type and message).
     """
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
-    with open_media(source, key) as container:
-        if not container.streams.audio:
-            raise MediaDecodeError(key, "no audio stream")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(
-            format="fltp", layout="mono", rate=sample_rate, options=_DOWNMIX_AVERAGE
-        )
-        chunks: list[np.ndarray] = []
-        total = 0
-        for packet in container.demux(stream):
-            for frame in stream.codec_context.decode(packet):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray()[0])
-                    total += chunks[-1].shape[0]
-            if limit is not None and total >= limit:
-                break
-        else:
-            chunks.extend(out.to_ndarray()[0] for out in resampler.resample(None))
-    if not chunks or sum(chunk.shape[0] for chunk in chunks) == 0:
-        raise MediaDecodeError(key, "no audio samples")
-    waveform = torch.from_numpy(np.concatenate(chunks).astype(np.float32, copy=False))
+    with decoding(key):
+        with open_media(source, key) as container:
+            chunks = _decode_chunks(container, key, sample_rate, limit)
+        if not chunks or sum(chunk.shape[0] for chunk in chunks) == 0:
+            raise MediaDecodeError(key, "no audio samples")
+        waveform = torch.from_numpy(np.concatenate(chunks).astype(np.float32, copy=False))
     return waveform if limit is None else waveform[:limit]
