@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import random
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field
 from torch import Tensor
 from transformers import ViTConfig, ViTModel
 
 from modaloom.core.compose import BuildContext
-from modaloom.core.errors import MediaDecodeError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import (
     DataContext,
@@ -27,7 +22,15 @@ from modaloom.core.interfaces import (
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
 from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
-from modaloom.modalities.transforms import IMAGENET_MEAN, IMAGENET_STD, augment, normalize
+from modaloom.modalities.image_decode import decode_image
+from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
+from modaloom.modalities.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    augment,
+    decode_side,
+    normalize,
+)
 
 
 class ImageSpec(Spec):
@@ -39,26 +42,12 @@ class ImageSpec(Spec):
     """Area range of the random resized crop in training."""
     flip: bool = True
     """Random horizontal flip in training."""
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    """Larger images (width x height, read from the header) are skipped, not decoded."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     """Per-channel mean for normalisation."""
     std: tuple[float, float, float] = IMAGENET_STD
     """Per-channel standard deviation for normalisation."""
-
-
-def decode_image(value: Any, key: str) -> Tensor:
-    """Decode bytes or a path with PIL into (3, H, W) float in [0, 1].
-
-    Raises:
-        MediaDecodeError: unreadable, truncated or not an image.
-    """
-    try:
-        source = io.BytesIO(value) if isinstance(value, bytes | bytearray) else Path(value)
-        with Image.open(source) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, TypeError) as exc:
-        raise MediaDecodeError(key, f"{type(exc).__name__}: {exc}") from exc
-    array = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 class ImageProcessor(Processor):
@@ -70,9 +59,11 @@ class ImageProcessor(Processor):
     def process(
         self, value: Any, *, key: str, train: bool, rng: random.Random
     ) -> dict[str, Tensor]:
-        pixels = decode_image(value, key)
         cfg = self.config
-        out = augment(pixels, cfg.size, train=train, rng=rng, scale=cfg.scale, flip=cfg.flip)
+        with decoding(key):
+            side = decode_side(cfg.size, cfg.scale[0])
+            pixels = decode_image(value, key, max_pixels=cfg.max_pixels, min_side=side)
+            out = augment(pixels, cfg.size, train=train, rng=rng, scale=cfg.scale, flip=cfg.flip)
         return {"pixel_values": normalize(out, cfg.mean, cfg.std)}
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:

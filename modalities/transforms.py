@@ -54,10 +54,39 @@ def center_crop_box(width: int, height: int) -> Box:
     return (width - side) // 2, (height - side) // 2, side, side
 
 
+def decode_side(size: int, min_scale: float) -> int | None:
+    """Shortest side worth decoding for ``size`` outputs from crops of ``min_scale`` of the area.
+
+    Twice the side of the smallest crop that still gives ``size`` pixels, so a picture reduced
+    to it is still downsampled by the crop and resize (its detail is kept). ``None`` (decode
+    at full resolution) when crops can be arbitrarily small.
+    """
+    if min_scale <= 0.0:
+        return None
+    return math.ceil(2 * size / math.sqrt(min_scale))
+
+
+def reduction_factor(width: int, height: int, min_side: int | None) -> int:
+    """Largest integer factor that keeps the shorter side at ``min_side`` or more (1: none).
+
+    Pictures whose shorter side is under ``2 * min_side`` are never reduced, so they decode
+    exactly as at full resolution.
+    """
+    if min_side is None:
+        return 1
+    return max(1, min(width, height) // min_side)
+
+
 def crop_resize(pixels: Tensor, box: Box, size: int) -> Tensor:
-    """Crop ``box`` from (..., C, H, W) float pixels and resize it to (..., C, size, size)."""
+    """Crop ``box`` from (..., C, H, W) pixels and resize it to (..., C, size, size) float.
+
+    ``pixels`` are float in [0, 1] or uint8; uint8 ones are converted after cropping, so no
+    float copy of the whole picture is made.
+    """
     left, top, w, h = box
     cropped = pixels[..., top : top + h, left : left + w]
+    if not cropped.is_floating_point():
+        cropped = cropped.float().div_(255.0)
     flat = cropped.reshape(-1, *cropped.shape[-3:])
     resized = torch.nn.functional.interpolate(
         flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True
@@ -84,11 +113,11 @@ def augment(
     """Train: random resized crop + optional flip; eval: centre crop. Same box for all frames.
 
     Args:
-        pixels: (..., 3, H, W) float in [0, 1] (an image, or T frames of a clip).
+        pixels: (..., 3, H, W) float in [0, 1] or uint8 (an image, or T frames of a clip).
         size: output side length.
 
     Returns:
-        (..., 3, size, size).
+        (..., 3, size, size) float.
     """
     height, width = pixels.shape[-2:]
     if train:

@@ -18,11 +18,13 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
+from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
 from modaloom.modalities.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     center_crop_box,
     crop_resize,
+    decode_side,
     normalize,
     random_resized_crop_box,
 )
@@ -52,6 +54,9 @@ class VideoSpec(Spec):
     """Packets demuxed per sampled frame before a file is declared undecodable."""
     decode_threads: int = Field(1, ge=0)
     """Decoder threads per sample (1 suits DataLoader workers; 0 lets FFmpeg choose)."""
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    """Videos with larger frames (width x height, read from the stream) are skipped, not
+    decoded."""
 
     @model_validator(mode="after")
     def _check_ranges(self) -> VideoSpec:
@@ -113,19 +118,23 @@ class VideoProcessor(Processor):
             ``{"pixel_values": (T, 3, size, size) float32}``.
 
         Raises:
-            MediaDecodeError: unreadable container, no video stream, no frames, truncated file.
+            MediaDecodeError: unreadable container, no video stream, no frames, truncated file,
+                frames over ``max_pixels``, or any other failure while decoding.
         """
         config = self.config
         random_times = train and config.train_sampling == "random_segment"
-        frames = decode_video(
-            value,
-            config.frames,
-            rng=rng if random_times else None,
-            key=key,
-            max_packets=config.max_packets,
-            threads=config.decode_threads,
-        )
-        return {"pixel_values": transform_clip(frames, config, train=train, rng=rng)}
+        with decoding(key):
+            frames = decode_video(
+                value,
+                config.frames,
+                rng=rng if random_times else None,
+                key=key,
+                max_packets=config.max_packets,
+                threads=config.decode_threads,
+                max_pixels=config.max_pixels,
+                min_side=decode_side(config.size, config.crop_scale[0]),
+            )
+            return {"pixel_values": transform_clip(frames, config, train=train, rng=rng)}
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         """Stack clips into ``{"pixel_values": (B, T, 3, H, W), "present": (B,) bool}``.

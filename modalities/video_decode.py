@@ -22,16 +22,20 @@ from collections.abc import Sequence
 import av
 import av.container
 import av.video.stream
-import numpy as np
-import torch
 from torch import Tensor
 
 from modaloom.core.errors import MediaDecodeError
-from modaloom.modalities.media_io import MediaSource, open_media
+from modaloom.modalities.media_io import (
+    DEFAULT_MAX_PIXELS,
+    MediaSource,
+    check_pixels,
+    decoding,
+    open_media,
+)
+from modaloom.modalities.video_frames import Decoded, FrameSizing, frames_to_tensor
 from modaloom.modalities.video_seek import (
     DEFAULT_MAX_PACKETS,
     EPS,
-    Decoded,
     NoTimestamps,
     SeekFailed,
     SeekSampler,
@@ -68,10 +72,19 @@ def _configure(stream: av.video.stream.VideoStream, threads: int) -> None:
     stream.codec_context.thread_count = threads
 
 
-def _to_tensor(frames: Sequence[Decoded | av.VideoFrame]) -> Tensor:
-    """Stack frames into a (T, 3, H, W) uint8 tensor."""
-    arrays = [f.rgb() if isinstance(f, Decoded) else f.to_ndarray(format="rgb24") for f in frames]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+def _checked_stream(
+    container: av.container.InputContainer, key: str, threads: int | None, max_pixels: int
+) -> av.video.stream.VideoStream:
+    """The first video stream once its header's frame size is within ``max_pixels``.
+
+    Its decoder gets ``threads`` threads (``None``: FFmpeg's defaults).
+    """
+    stream = video_stream(container, key)
+    context = stream.codec_context
+    check_pixels(context.width, context.height, max_pixels, key, "video")  # before decoding
+    if threads is not None:
+        _configure(stream, threads)
+    return stream
 
 
 def _decode_by_index(
@@ -80,12 +93,13 @@ def _decode_by_index(
     rng: random.Random | None,
     key: str,
     max_packets: int,
+    sizing: FrameSizing,
 ) -> Tensor:
     """Last resort for streams without timestamps: decode every frame, pick by index.
 
     ``container`` must be freshly opened (raw streams cannot seek back to the start).
     """
-    stream = video_stream(container, key)
+    stream = _checked_stream(container, key, None, sizing.max_pixels)
     frames: list[av.VideoFrame] = []
     for count, packet in enumerate(container.demux(stream)):
         if count >= max_packets * num:
@@ -93,15 +107,19 @@ def _decode_by_index(
         frames.extend(stream.codec_context.decode(packet))
     if not frames:
         raise MediaDecodeError(key, "no decodable video frames")
-    return _to_tensor([frames[i] for i in _sample_indices(len(frames), num, rng)])
+    chosen = [frames[i] for i in _sample_indices(len(frames), num, rng)]
+    return frames_to_tensor(chosen, key, sizing)
 
 
 def _decode_in_order(
-    container: av.container.InputContainer, times: Sequence[float], key: str, threads: int
+    container: av.container.InputContainer,
+    times: Sequence[float],
+    key: str,
+    threads: int,
+    sizing: FrameSizing,
 ) -> Tensor:
     """Decode every frame of a freshly opened container, keeping those on screen at ``times``."""
-    stream = video_stream(container, key)
-    _configure(stream, threads)
+    stream = _checked_stream(container, key, threads, sizing.max_pixels)
     line = timeline(container, stream, duration=False)
     order = sorted(range(len(times)), key=times.__getitem__)
     chosen: dict[int, Decoded] = {}
@@ -118,7 +136,7 @@ def _decode_in_order(
         raise MediaDecodeError(key, "no decodable video frames")
     for index in order[position:]:
         chosen[index] = previous
-    return _to_tensor([chosen[index] for index in range(len(times))])
+    return frames_to_tensor([chosen[index] for index in range(len(times))], key, sizing)
 
 
 def _replayable(source: MediaSource) -> tuple[MediaSource, int | None]:
@@ -150,6 +168,8 @@ def decode_video(
     key: str = "<video>",
     max_packets: int = DEFAULT_MAX_PACKETS,
     threads: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Tensor:
     """Decode ``num_frames`` frames, one per equal segment of the clip, by seeking.
 
@@ -163,33 +183,38 @@ def decode_video(
         key: sample key used in error messages.
         max_packets: packets demuxed per frame before the file is declared undecodable.
         threads: decoder threads (1 inside DataLoader workers; 0 lets FFmpeg choose).
+        max_pixels: streams whose frames have more pixels are refused before decoding.
+        min_side: frames are converted at a reduced size whose shorter side is at least this
+            (``None``: the video's resolution); see `modaloom.modalities.video_frames`.
 
     Returns:
-        (T, 3, H, W) uint8 RGB frames at the video's resolution.
+        (T, 3, H, W) uint8 RGB frames, upright as the container's display matrix says.
 
     Raises:
-        MediaDecodeError: unreadable container, no video stream, no frames, truncated stream.
+        MediaDecodeError: unreadable container, no video stream or decoder, no frames,
+            truncated stream, frames over ``max_pixels``, or any other failure while decoding.
     """
-    source, position = _replayable(source)
-    times: list[float] | None = None
-    with open_media(source, key) as container:
-        stream = video_stream(container, key)
-        _configure(stream, threads)
-        line = timeline(container, stream)
-        if line.duration is not None and line.duration > 0:
-            times = sample_timestamps(line.duration, num_frames, rng)
-            sampler = SeekSampler(container, stream, line, key, max_packets)
-            try:
-                return _to_tensor(sampler.sample(times))
-            except NoTimestamps:
-                times = None
-            except SeekFailed:
-                pass
-    _rewind(source, position)
-    with open_media(source, key) as container:
-        if times is None:
-            return _decode_by_index(container, num_frames, rng, key, max_packets)
-        return _decode_in_order(container, times, key, threads)
+    sizing = FrameSizing(max_pixels, min_side)
+    with decoding(key):
+        source, position = _replayable(source)
+        times: list[float] | None = None
+        with open_media(source, key) as container:
+            stream = _checked_stream(container, key, threads, max_pixels)
+            line = timeline(container, stream)
+            if line.duration is not None and line.duration > 0:
+                times = sample_timestamps(line.duration, num_frames, rng)
+                sampler = SeekSampler(container, stream, line, key, max_packets)
+                try:
+                    return frames_to_tensor(sampler.sample(times), key, sizing)
+                except NoTimestamps:
+                    times = None
+                except SeekFailed:
+                    pass
+        _rewind(source, position)
+        with open_media(source, key) as container:
+            if times is None:
+                return _decode_by_index(container, num_frames, rng, key, max_packets, sizing)
+            return _decode_in_order(container, times, key, threads, sizing)
 
 
 def probe_duration(source: MediaSource, *, key: str = "<video>") -> float:
@@ -223,21 +248,21 @@ def decode_frames_at(
     Raises:
         MediaDecodeError: as `decode_video`, and ``video has no timestamps``.
     """
+    sizing = FrameSizing()
     source, position = _replayable(source)
     with open_media(source, key) as container:
-        stream = video_stream(container, key)
-        _configure(stream, threads)
+        stream = _checked_stream(container, key, threads, sizing.max_pixels)
         line = timeline(container, stream, duration=False)
         sampler = SeekSampler(container, stream, line, key, max_packets)
         try:
-            return _to_tensor(sampler.sample(times))
+            return frames_to_tensor(sampler.sample(times), key, sizing)
         except NoTimestamps:
             raise MediaDecodeError(key, "video has no timestamps") from None
         except SeekFailed:
             pass
     _rewind(source, position)
     with open_media(source, key) as container:
-        return _decode_in_order(container, times, key, threads)
+        return _decode_in_order(container, times, key, threads, sizing)
 
 
 def decode_all_and_subsample(
@@ -258,4 +283,4 @@ def decode_all_and_subsample(
         MediaDecodeError: unreadable container, no video stream, no frames, no timestamps.
     """
     with open_media(source, key) as container:
-        return _decode_in_order(container, times, key, threads)
+        return _decode_in_order(container, times, key, threads, FrameSizing())

@@ -21,9 +21,9 @@ from fractions import Fraction
 import av
 import av.container
 import av.video.stream
-import numpy as np
 
 from modaloom.core.errors import MediaDecodeError
+from modaloom.modalities.video_frames import Decoded
 
 DEFAULT_MAX_PACKETS = 4096
 """Packets demuxed per requested frame before giving up (guards against garbage input)."""
@@ -62,21 +62,6 @@ class Timeline:
         return self.start_pts + math.floor(seconds / self.time_base + EPS)
 
 
-@dataclass
-class Decoded:
-    """A decoded frame and its time in seconds; converted to RGB once, on demand."""
-
-    time: float
-    frame: av.VideoFrame
-    _rgb: np.ndarray | None = field(default=None, repr=False)
-
-    def rgb(self) -> np.ndarray:
-        """The frame as an (H, W, 3) uint8 array."""
-        if self._rgb is None:
-            self._rgb = self.frame.to_ndarray(format="rgb24")
-        return self._rgb
-
-
 class NoTimestamps(Exception):
     """A decoded frame has no presentation timestamp; sampling falls back to frame indices."""
 
@@ -89,11 +74,17 @@ def video_stream(container: av.container.InputContainer, key: str) -> av.video.s
     """The first video stream of ``container``.
 
     Raises:
-        MediaDecodeError: ``no video stream`` when there is none.
+        MediaDecodeError: ``no video stream`` when there is none, ``no decoder for the video
+            stream (format <container format>)`` when FFmpeg cannot decode it.
     """
     if not container.streams.video:
         raise MediaDecodeError(key, "no video stream")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # PyAV leaves it unset when no decoder exists (svg_pipe)
+        raise MediaDecodeError(
+            key, f"no decoder for the video stream (format {container.format.name})"
+        )
+    return stream
 
 
 def timeline(

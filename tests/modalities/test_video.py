@@ -291,7 +291,7 @@ def test_train_sampling_mode_decides_whether_times_are_random(
 ):
     seen = []
 
-    def fake_decode(value, num, *, rng, key, max_packets, threads):
+    def fake_decode(value, num, *, rng, key, max_packets, threads, max_pixels, min_side):
         seen.append(rng)
         return torch.zeros(num, 3, 48, 64, dtype=torch.uint8)
 
