@@ -19,7 +19,7 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
+from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, log_resize, pool_tokens
 
 __all__ = ["ASTEncoder", "ASTEncoderSpec", "load_ast", "resize_ast_positions"]
 
@@ -129,9 +129,21 @@ def load_ast(config: ASTEncoderSpec, ctx: BuildContext) -> ASTModel:
         return load_hf_model(ASTModel, ASTConfig, config, ctx, defaults=defaults)
     overrides = dict(config.config)
     shape = overrides.pop("num_mel_bins", None), overrides.pop("max_length", None)
-    ast = load_hf_model(ASTModel, ASTConfig, config, ctx, overrides=overrides)
+    ast = load_hf_model(
+        ASTModel, ASTConfig, config, ctx, overrides=overrides, unused=(r"classifier\.",)
+    )
     default = data_shape or (ast.config.num_mel_bins, ast.config.max_length)
+    trained = ast.embeddings.get_shape(ast.config)
     resize_ast_positions(ast, shape[0] or default[0], shape[1] or default[1])
+    resized = ast.embeddings.get_shape(ast.config)
+    if resized != trained:
+        log_resize(
+            config,
+            ctx,
+            f"position embeddings for {trained[0]}x{trained[1]} patches are interpolated "
+            f"(bilinear) to {resized[0]}x{resized[1]} patches for spectrograms of "
+            f"{ast.config.num_mel_bins} mel bins x {ast.config.max_length} frames",
+        )
     return ast
 
 

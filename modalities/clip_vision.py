@@ -11,10 +11,15 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, load_hf_model
+from modaloom.modalities.hf import HFEncoderSpec, load_hf_model, log_position_resize
 from modaloom.modalities.image import visual_size
 
 __all__ = ["CLIPVisionEncoder", "CLIPVisionSpec", "load_clip_vision"]
+
+
+CLIP_UNUSED = (r"text_model\.", r"text_projection\.", r"visual_projection\.", r"logit_scale$")
+"""Tensors of a whole `CLIPModel` checkpoint the vision tower leaves out: the text tower and
+the projections."""
 
 
 class CLIPVisionSpec(HFEncoderSpec):
@@ -59,10 +64,16 @@ class CLIPVisionEncoder(Encoder):
 
 
 def load_clip_vision(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionModel:
-    """A `CLIPVisionModel` from ``pretrained`` or from a config at the data's frame size."""
+    """A `CLIPVisionModel` from ``pretrained`` (a vision tower or a whole `CLIPModel`) or from a
+    config at the data's frame size."""
     size = visual_size(ctx)
     defaults = {"image_size": size} if size is not None else {}
-    return load_hf_model(CLIPVisionModel, CLIPVisionConfig, config, ctx, defaults=defaults)
+    clip = load_hf_model(
+        CLIPVisionModel, CLIPVisionConfig, config, ctx, defaults=defaults, unused=CLIP_UNUSED
+    )
+    if config.pretrained is not None:
+        log_position_resize(config, ctx, clip.config, size)
+    return clip
 
 
 def make_clip_vision_encoder(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionEncoder:

@@ -7,13 +7,17 @@ stay in their own files. What they share is here, written once:
 
 * `HFEncoderSpec`: the ``pretrained``, ``config`` and ``gradient_checkpointing`` fields;
 * `load_hf_model`: a checkpoint (local files only) with ``config`` overrides, or a random init
-  from ``config``, with PyTorch SDPA attention and gradient checkpointing when asked;
+  from ``config``, with PyTorch SDPA attention and gradient checkpointing when asked; a
+  checkpoint that does not fill the model whole is refused (`modaloom.modalities.hf_checkpoint`);
+* `log_resize` / `log_position_resize`: the one WARNING an intended resize of a checkpoint's
+  tensors gets (AST positions, ViT positions, TimeSformer time embeddings);
 * `pool_tokens`: the ``cls`` / ``mean`` global feature of a token sequence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import model_validator
@@ -23,6 +27,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError, SpecProblems
 from modaloom.core.spec_models import ComponentSpec
+from modaloom.modalities.hf_checkpoint import LoadReport, load_with_info, refuse_partial_load
 from modaloom.modalities.hf_config import config_problems
 
 __all__ = [
@@ -30,11 +35,15 @@ __all__ = [
     "Pooling",
     "component_path",
     "load_hf_model",
+    "log_position_resize",
+    "log_resize",
     "masked_mean",
     "pool_tokens",
 ]
 
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+
+log = logging.getLogger(__name__)
 
 ATTENTION = "sdpa"
 """The attention implementation every wrapped model uses (PyTorch scaled-dot-product)."""
@@ -90,12 +99,16 @@ def load_hf_model(
     fixed: Mapping[str, Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     gradient_checkpointing: bool | None = None,
+    unused: Collection[str] = (),
+    uninitialised: Collection[str] = (),
 ) -> ModelT:
     """A `transformers` model from ``spec.pretrained`` (local files only) or a random init.
 
     With ``pretrained``, ``model_class.from_pretrained`` reads the checkpoint and the config
     fields update its config; without, ``model_class(config_class(**fields))``. Either way the
-    model uses SDPA attention.
+    model uses SDPA attention. A checkpoint must fill every weight of the model and have every
+    tensor used, except those ``unused`` and ``uninitialised`` name (`LoadReport`);
+    `transformers`' own load report is silenced.
 
     Args:
         model_class: the model class (`BertModel`, `ViTModel`, ...).
@@ -109,12 +122,18 @@ def load_hf_model(
         model_kwargs: model constructor arguments (``add_pooling_layer=False``).
         gradient_checkpointing: whether to enable `transformers`' activation checkpointing
             (default: ``spec.gradient_checkpointing``).
+        unused: patterns (regular expressions matched at the start) of checkpoint keys the
+            wrapper leaves out on purpose: task heads, poolers, another tower.
+        uninitialised: patterns (searched) of model keys a checkpoint may lack: weights the
+            wrapper adds and initialises itself (a decoder's cross-attention).
 
     Returns:
         The model.
 
     Raises:
-        SpecError: the checkpoint cannot be read, at ``model.components.<name>.pretrained``.
+        SpecError: at ``model.components.<name>.pretrained``: the checkpoint cannot be read, or
+            it leaves weights of the model uninitialised, has tensors the model does not use, or
+            tensors of other shapes.
     """
     fields = {**(spec.config if overrides is None else overrides), **(fixed or {})}
     kwargs = dict(model_kwargs or {})
@@ -122,7 +141,8 @@ def load_hf_model(
         config = config_class(**{**(defaults or {}), **fields}, attn_implementation=ATTENTION)
         model = model_class(config, **kwargs)
     else:
-        model = _from_pretrained(model_class, spec, ctx, {**kwargs, **fields})
+        patterns = (tuple(unused), tuple(uninitialised))
+        model = _from_pretrained(model_class, spec, ctx, {**kwargs, **fields}, patterns)
     if gradient_checkpointing is None:
         gradient_checkpointing = spec.gradient_checkpointing
     if gradient_checkpointing:
@@ -131,17 +151,65 @@ def load_hf_model(
 
 
 def _from_pretrained(
-    model_class: type[ModelT], spec: HFEncoderSpec, ctx: BuildContext, kwargs: dict[str, Any]
+    model_class: type[ModelT],
+    spec: HFEncoderSpec,
+    ctx: BuildContext,
+    kwargs: dict[str, Any],
+    patterns: tuple[tuple[str, ...], tuple[str, ...]],
 ) -> ModelT:
-    """``model_class.from_pretrained`` on local files, its `OSError` turned into a `SpecError`."""
+    """``model_class.from_pretrained`` on local files, quietly; refused unless it loads whole."""
+    where = f"{component_path(spec, ctx)}.pretrained"
+    checkpoint = str(spec.pretrained)
     try:
-        model = model_class.from_pretrained(
-            spec.pretrained, local_files_only=True, attn_implementation=ATTENTION, **kwargs
+        model, info = load_with_info(
+            model_class,
+            checkpoint,
+            attn_implementation=ATTENTION,
+            ignore_mismatched_sizes=True,
+            **kwargs,
         )
     except OSError as exc:
-        problem = f"cannot load a {model_class.__name__} from {spec.pretrained!r}: {exc}"
-        raise SpecError([(f"{component_path(spec, ctx)}.pretrained", problem)]) from None
-    return model  # type: ignore[no-any-return]
+        problem = f"cannot load a {model_class.__name__} from {checkpoint!r}: {exc}"
+        raise SpecError([(where, problem)]) from None
+    unused, uninitialised = patterns
+    report = LoadReport.of(
+        info["missing_keys"],
+        info["unexpected_keys"],
+        info["mismatched_keys"],
+        unused=unused,
+        uninitialised=uninitialised,
+    )
+    refuse_partial_load(report, where, checkpoint, model_class.__name__)
+    return model
+
+
+def log_resize(spec: HFEncoderSpec, ctx: BuildContext, change: str) -> None:
+    """Log, at WARNING, an intended resize of a checkpoint's tensors (once per load)."""
+    log.warning("%s.pretrained %r: %s", component_path(spec, ctx), spec.pretrained, change)
+
+
+def log_position_resize(
+    spec: HFEncoderSpec, ctx: BuildContext, config: PretrainedConfig, size: int | None
+) -> None:
+    """Log that a vision checkpoint's position embeddings will be interpolated (bicubic, in the
+    forward pass) to another image size, when ``size`` differs from the checkpoint's.
+
+    Args:
+        spec: the component's spec (``pretrained`` set).
+        ctx: the build context.
+        config: the loaded model's config (``image_size``, ``patch_size``).
+        size: the side of the frames the data gives; ``None`` = unknown (nothing logged).
+    """
+    trained, patch = int(config.image_size), int(config.patch_size)
+    if size is None or size == trained:
+        return
+    log_resize(
+        spec,
+        ctx,
+        f"position embeddings for {trained}-pixel images ({trained // patch}x{trained // patch} "
+        f"patches) are interpolated (bicubic) to {size}-pixel frames "
+        f"({size // patch}x{size // patch} patches)",
+    )
 
 
 def masked_mean(sequence: Tensor, mask: Tensor | None) -> Tensor:

@@ -21,7 +21,13 @@ from modaloom.core.interfaces import (
 )
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
-from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
+from modaloom.modalities.hf import (
+    HFEncoderSpec,
+    Pooling,
+    load_hf_model,
+    log_position_resize,
+    pool_tokens,
+)
 from modaloom.modalities.image_decode import decode_image
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
 from modaloom.modalities.transforms import (
@@ -78,6 +84,10 @@ def make_image_processor(config: ImageSpec, ctx: DataContext) -> ImageProcessor:
 
 
 # ------------------------------------------------------------------------------ encoder
+
+
+VIT_UNUSED = (r"pooler\.", r"classifier\.")
+"""Checkpoint tensors a ViT leaves out: the pooler and a classification head."""
 
 
 class ViTEncoderSpec(HFEncoderSpec):
@@ -141,10 +151,11 @@ def load_vit(
     Args:
         config: a ``vit``, ``timesformer`` or ``frame_mean`` spec.
         ctx: the build context.
-        image_size: a random init's image size (default: `image_size_of`).
+        image_size: the data's frame size (default: `image_size_of`): a random init's image
+            size; a checkpoint of another size has its position embeddings interpolated.
         gradient_checkpointing: as in `load_hf_model`.
     """
-    return load_hf_model(
+    vit = load_hf_model(
         ViTModel,
         ViTConfig,
         config,
@@ -152,7 +163,11 @@ def load_vit(
         defaults={"image_size": image_size or image_size_of(ctx)},
         model_kwargs={"add_pooling_layer": False},
         gradient_checkpointing=gradient_checkpointing,
+        unused=VIT_UNUSED,
     )
+    if config.pretrained is not None:
+        log_position_resize(config, ctx, vit.config, image_size or image_size_of(ctx, 0) or None)
+    return vit
 
 
 def make_vit_encoder(config: ViTEncoderSpec, ctx: BuildContext) -> ViTImageEncoder:

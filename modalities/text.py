@@ -28,6 +28,10 @@ from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
 from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
 
+BERT_UNUSED = (r"(bert\.)?pooler\.", r"cls\.")
+"""Checkpoint tensors a ``bert`` encoder leaves out: the pooler and the pre-training heads
+(a `BertForPreTraining` checkpoint such as bert-base-uncased)."""
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[ENC]", "[DEC]")
 TOKENIZER_DIRNAME = "tokenizer"
 
@@ -264,6 +268,7 @@ def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
         ctx,
         defaults={"vocab_size": vocab or 30522},
         model_kwargs={"add_pooling_layer": False},
+        unused=BERT_UNUSED,
     )
     if config.pretrained is not None and vocab is not None and vocab > bert.config.vocab_size:
         bert.resize_token_embeddings(vocab)

@@ -304,9 +304,11 @@ class BertDecoderSpec(HFEncoderSpec):
     """A BERT decoder with cross-attention and an LM head (``model.components.<name>``).
 
     ``pretrained`` and ``config`` refer to `transformers`' `BertLMHeadModel` and `BertConfig`
-    (a plain BERT checkpoint works too; missing cross-attention is randomly initialised). With
-    ``share_with`` and no ``pretrained``, the shared BERT's config is copied and ``config``
-    overrides it; otherwise a random init takes its vocabulary size from the tokenizer.
+    (a BERT checkpoint with its MLM head works too, such as bert-base-uncased's
+    `BertForPreTraining`; the cross-attention it lacks is randomly initialised, a checkpoint
+    without the head is refused). With ``share_with`` and no ``pretrained``, the shared BERT's
+    config is copied and ``config`` overrides it; otherwise a random init takes its vocabulary
+    size from the tokenizer.
     """
 
     type: Literal["bert_decoder"] = "bert_decoder"
@@ -364,6 +366,8 @@ def load_bert_lm(
         defaults=defaults,
         fixed=DECODER_FIELDS,
         gradient_checkpointing=False,
+        unused=(r"bert\.pooler\.", r"cls\.seq_relationship\."),
+        uninitialised=(r"\.crossattention\.",),
     )
     resize = config.pretrained is not None and target is None
     if resize and vocab is not None and vocab > lm.config.vocab_size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,21 @@ def test_ast_loads_a_pretrained_directory(tmp_path: Path) -> None:
         assert torch.equal(loaded[name], tensor), name
 
 
-def test_a_checkpoint_for_other_lengths_gets_resized_positions(tmp_path: Path) -> None:
+def test_a_checkpoint_for_other_lengths_gets_resized_positions_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     saved = ASTModel(ASTConfig(**TINY_AST))
     with torch.no_grad():
         saved.embeddings.position_embeddings.normal_()
     saved.save_pretrained(tmp_path)
     fields = {"type": "ast", "pretrained": str(tmp_path), "config": {"max_length": 256}}
-    encoder = build(fields)
+    with caplog.at_level(logging.WARNING):
+        encoder = build(fields)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"model.components.<ast>.pretrained {str(tmp_path)!r}: position embeddings for 4x8 "
+        "patches are interpolated (bilinear) to 4x16 patches for spectrograms of 64 mel bins x "
+        "256 frames"
+    ]
     positions = encoder.ast.embeddings.position_embeddings
     assert positions.shape == (1, 2 + 4 * 16, 32)
     torch.testing.assert_close(positions[:, :2], saved.embeddings.position_embeddings[:, :2])

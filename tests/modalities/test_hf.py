@@ -80,7 +80,7 @@ CASES = [
         ("layer_norm_eps", 1e-6),
         (("num_frames", 2),),
     ),
-    Case("frame_mean", _vit, lambda module: module.image.vit, ("hidden_dropout_prob", 0.3)),
+    Case("frame_mean", _vit, lambda module: module.vit, ("hidden_dropout_prob", 0.3)),
     Case(
         "bert_decoder",
         lambda: BertLMHeadModel(
@@ -172,7 +172,9 @@ def test_overrides_replace_the_spec_config_for_a_checkpoint(tmp_path: Path) -> N
     _vit().save_pretrained(tmp_path)
     spec = ViTEncoderSpec(pretrained=str(tmp_path), config={"hidden_dropout_prob": 0.5})
     ctx = BuildContext(REGISTRY)
-    vit = load_hf_model(ViTModel, ViTConfig, spec, ctx, overrides={"layer_norm_eps": 1e-6})
+    kwargs = {"add_pooling_layer": False}
+    overrides = {"layer_norm_eps": 1e-6}
+    vit = load_hf_model(ViTModel, ViTConfig, spec, ctx, overrides=overrides, model_kwargs=kwargs)
     assert (vit.config.layer_norm_eps, vit.config.hidden_dropout_prob) == (1e-6, 0.0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.testing import assert_close
-from transformers import BertConfig, BertLMHeadModel, BertModel
+from transformers import BertConfig, BertLMHeadModel
 
 from modaloom.core.compose import BuildContext, build_model, count_parameters
 from modaloom.core.errors import SpecError
@@ -254,16 +254,6 @@ def test_bert_decoder_loads_a_pretrained_lm_head_model(tmp_path: Path) -> None:
     assert expected.keys() <= loaded.keys()
     for name, tensor in expected.items():
         assert torch.equal(loaded[name], tensor), name
-
-
-def test_bert_decoder_adds_cross_attention_to_a_plain_bert_checkpoint(tmp_path: Path) -> None:
-    saved = BertModel(decoder_config(), add_pooling_layer=False)
-    saved.save_pretrained(tmp_path)
-    decoder = build({"type": "bert_decoder", "pretrained": str(tmp_path)})
-    loaded = decoder.bert.state_dict()
-    for name, tensor in saved.state_dict().items():
-        assert torch.equal(loaded[name], tensor), name
-    assert hasattr(decoder.bert.encoder.layer[0], "crossattention")
 
 
 def test_causal_and_prefix_masks_match_definitions() -> None:
