@@ -324,8 +324,9 @@ def make_mvlm(config: MVLMSpec, ctx: BuildContext) -> MVLM:
         raise SpecError([(f"{where}.visual_tokenizer", DVAE_MESSAGE)])
     patch, channels = 16, 3
     if config.cmvm:
-        vit = getattr(ctx.component(config.vision), "vit", None)
-        if not isinstance(vit, ViTModel):
+        component = ctx.component(config.vision)
+        vit = getattr(component, "vit", None)
+        if not isinstance(vit, ViTModel) or getattr(component, "modality", None) != "image":
             raise SpecError(
                 [
                     (
