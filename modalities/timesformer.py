@@ -32,6 +32,11 @@ from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.modalities.hf import HFEncoderSpec, Pooling, pool_tokens
 from modaloom.modalities.image import load_vit, visual_size
+from modaloom.modalities.timesformer_hf import (
+    is_timesformer_checkpoint,
+    load_hf_timesformer,
+    read_hf_timesformer,
+)
 
 __all__ = [
     "TemporalAttention",
@@ -271,9 +276,18 @@ def video_frames(ctx: BuildContext) -> int | None:
 
 
 def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> TimeSformerEncoder:
-    """Registry factory of the ``timesformer`` encoder."""
-    vit = load_vit(config, ctx, image_size=visual_size(ctx), gradient_checkpointing=False)
-    model = inflate_from_vit(vit, config.num_frames or video_frames(ctx) or 8)
+    """Registry factory of the ``timesformer`` encoder: a `TimesformerModel` checkpoint loaded
+    whole, or a ViT (checkpoint or random init) inflated."""
+    frames = config.num_frames or video_frames(ctx)
+    if config.pretrained is not None and is_timesformer_checkpoint(config.pretrained):
+        saved = read_hf_timesformer(config, ctx)
+        model = TimeSformer(
+            ViTModel(saved.vit_config, add_pooling_layer=False), frames or saved.frames
+        )
+        load_hf_timesformer(model, saved, config, ctx, visual_size(ctx))
+    else:
+        vit = load_vit(config, ctx, image_size=visual_size(ctx), gradient_checkpointing=False)
+        model = inflate_from_vit(vit, frames or 8)
     model.gradient_checkpointing = config.gradient_checkpointing
     return TimeSformerEncoder(model, config.pooling)
 
