@@ -189,7 +189,8 @@ def build(preset: str, args: argparse.Namespace, registry: Registry) -> tuple[An
     words = synthetic_words(spec.data.text.vocab_size)
     per_caption = spec.data.text.max_length
     captions = [" ".join(words[i : i + per_caption]) for i in range(0, len(words), per_caption)]
-    processors = build_processors(spec.data, registry, {"captions": CaptionSource(captions)})
+    sources = {"captions": CaptionSource(captions)}
+    processors = build_processors(spec.data, registry, sources, model=spec.model)
     torch.manual_seed(spec.train.seed)
     model = build_model(spec.model, registry, processors)
     for index, stage in enumerate(spec.train.resolved_stages()):

@@ -240,7 +240,8 @@ def _component_kind(registry: Registry, spec: ComponentSpec) -> Literal["encoder
     return "encoder" if spec.type in registry.names("encoder") else "decoder"
 
 
-def _default_inputs(registry: Registry, spec: ComponentSpec) -> tuple[str, ...]:
+def default_inputs(registry: Registry, spec: ComponentSpec) -> tuple[str, ...]:
+    """The batch fields a component reads: its ``input``, else its type's modalities."""
     if spec.input is not None:
         return tuple(part.strip() for part in spec.input.split(","))
     modality = registry.get(_component_kind(registry, spec), spec.type).extra.get("modality", ())
@@ -303,7 +304,7 @@ def build_model(
         spec = model_spec.components[name]
         with building(f"model.components.{name}"):
             ctx.components[name] = _build_component(name, spec, ctx)
-        inputs[name] = _default_inputs(registry, spec)
+        inputs[name] = default_inputs(registry, spec)
     objectives: list[tuple[str, float, Objective]] = []
     for index, spec in enumerate(model_spec.objectives):
         factory = registry.objective_factory(spec.type)

@@ -17,10 +17,18 @@ import torch
 from accelerate.utils import send_to_device
 from torch.utils.data import IterableDataset, get_worker_info
 
+from modaloom.core.compose import default_inputs
 from modaloom.core.errors import MediaDecodeError, decoding
-from modaloom.core.interfaces import Batch, DataContext, Processor, RawSample, Source
+from modaloom.core.interfaces import (
+    Batch,
+    DataContext,
+    PretrainedInput,
+    Processor,
+    RawSample,
+    Source,
+)
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import DataSpec, SourceSpec
+from modaloom.core.spec_models import DataSpec, ModelSpec, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +43,35 @@ def build_sources(specs: Mapping[str, SourceSpec], registry: Registry) -> dict[s
     return sources
 
 
+def pretrained_inputs(model: ModelSpec, registry: Registry) -> dict[str, PretrainedInput]:
+    """Per batch field, the first component (in spec order) that reads it and has a
+    ``pretrained`` checkpoint."""
+    found: dict[str, PretrainedInput] = {}
+    for name, spec in model.components.items():
+        checkpoint = getattr(spec, "pretrained", None)
+        if isinstance(checkpoint, str):
+            for field_name in default_inputs(registry, spec):
+                found.setdefault(field_name, PretrainedInput(name, checkpoint))
+    return found
+
+
 def build_processors(
     data_spec: DataSpec,
     registry: Registry,
     sources: Mapping[str, Source],
     artifact_dir: Path | None = None,
+    model: ModelSpec | None = None,
 ) -> dict[str, Processor]:
-    """One processor per registered modality, configured from ``data.<modality>``."""
+    """One processor per registered modality, configured from ``data.<modality>``; with
+    ``model``, what the data spec leaves unset comes from the checkpoints of its ``pretrained``
+    components (`DataContext.pretrained`)."""
 
     def texts() -> Iterator[str]:
         for source in sources.values():
             yield from source.texts()
 
-    ctx = DataContext(artifact_dir=artifact_dir, texts=texts)
+    pretrained = {} if model is None else pretrained_inputs(model, registry)
+    ctx = DataContext(artifact_dir=artifact_dir, texts=texts, pretrained=pretrained)
     processors = {}
     for component in registry.of_kind("modality"):
         factory = registry.processor_factory(component.name)

@@ -82,7 +82,7 @@ def load_run(
     sources: dict[str, Source] = {}
     if with_sources:
         sources = build_sources({**spec.data.sources, **spec.data.eval_sources}, registry)
-    processors = build_processors(spec.data, registry, {}, run_dir / ARTIFACTS_DIR)
+    processors = build_processors(spec.data, registry, {}, run_dir / ARTIFACTS_DIR, spec.model)
     model = build_model(spec.model, registry, processors)
     load_weights(model, step_dir)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -53,6 +53,24 @@ class EncoderOutput(NamedTuple):
     mask: Tensor | None
 
 
+@dataclass(frozen=True)
+class PretrainedInput:
+    """A component that starts from a checkpoint (``pretrained:``) and reads a batch field.
+
+    Attributes:
+        component: its name under ``model.components``.
+        checkpoint: its ``pretrained`` value (a directory or a cached model name).
+    """
+
+    component: str
+    checkpoint: str
+
+    @property
+    def where(self) -> str:
+        """The spec path of its ``pretrained`` field."""
+        return f"model.components.{self.component}.pretrained"
+
+
 @dataclass
 class DataContext:
     """What processor factories may use.
@@ -61,10 +79,14 @@ class DataContext:
         artifact_dir: a directory where a processor saves learned state (a trained tokenizer)
             and from which it reloads it on resume or evaluation; ``None`` keeps nothing.
         texts: returns an iterator over the training captions (for training a tokenizer).
+        pretrained: per batch field, the first component (in spec order) that reads it and
+            starts from a checkpoint; the field's processor takes what the data spec leaves
+            unset from that checkpoint (the tokenizer; pixel mean, std and size).
     """
 
     artifact_dir: Path | None = None
     texts: Callable[[], Iterator[str]] = lambda: iter(())
+    pretrained: Mapping[str, PretrainedInput] = field(default_factory=dict)
 
 
 class Processor(ABC):

@@ -358,7 +358,7 @@ def setup_session(
     eval_sources = build_sources(spec.data.eval_sources, registry) if train.eval_every else {}
     artifacts = output_dir / ARTIFACTS_DIR
     with accelerator.main_process_first():
-        processors = build_processors(spec.data, registry, sources, artifacts)
+        processors = build_processors(spec.data, registry, sources, artifacts, spec.model)
         if accelerator.is_main_process:
             artifacts.mkdir(parents=True, exist_ok=True)
             for processor in processors.values():

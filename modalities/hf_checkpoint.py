@@ -34,6 +34,7 @@ from modaloom.core.errors import SpecError
 __all__ = [
     "LoadReport",
     "checkpoint_location_problem",
+    "has_tokenizer",
     "load_with_info",
     "preprocessor_config",
     "quiet_transformers",
@@ -222,20 +223,41 @@ def load_with_info(
     return model, info
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+"""Files of which a directory (or cached model) with a tokenizer has at least one."""
+
+
+def _cached(checkpoint: str, name: str) -> str | None:
+    """The path of file ``name`` of a checkpoint directory or cached model, ``None`` without."""
+    try:
+        with quiet_transformers():
+            return cached_file(
+                checkpoint,
+                name,
+                local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+    except (OSError, ValueError):  # not a directory, not a valid model name
+        return None
+
+
+def has_tokenizer(checkpoint: str) -> bool:
+    """Whether a checkpoint directory or cached model has tokenizer files (`TOKENIZER_FILES`).
+
+    `transformers`' ``AutoTokenizer`` "loads" a directory without any from its ``config.json``,
+    as a tokenizer of five special tokens, so their presence is checked first.
+    """
+    return any(_cached(checkpoint, name) is not None for name in TOKENIZER_FILES)
+
+
 def preprocessor_config(checkpoint: str) -> dict[str, Any]:
     """The checkpoint's ``preprocessor_config.json`` (local files or the cache), ``{}`` without.
 
     Raises:
         ValueError: the file is not a JSON object.
     """
-    with quiet_transformers():
-        found = cached_file(
-            checkpoint,
-            "preprocessor_config.json",
-            local_files_only=True,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
+    found = _cached(checkpoint, "preprocessor_config.json")
     if found is None:
         return {}
     settings = json.loads(Path(found).read_text())

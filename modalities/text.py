@@ -23,10 +23,23 @@ from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokeniz
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import MediaDecodeError, SpecError
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import DataContext, Encoder, EncoderOutput, Processor
+from modaloom.core.interfaces import (
+    DataContext,
+    Encoder,
+    EncoderOutput,
+    PretrainedInput,
+    Processor,
+)
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
-from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, pool_tokens
+from modaloom.modalities.hf import (
+    HFEncoderSpec,
+    Pooling,
+    component_path,
+    load_hf_model,
+    pool_tokens,
+)
+from modaloom.modalities.hf_checkpoint import TOKENIZER_FILES, has_tokenizer
 
 BERT_UNUSED = (r"(bert\.)?pooler\.", r"cls\.")
 """Checkpoint tensors a ``bert`` encoder leaves out: the pooler and the pre-training heads
@@ -40,7 +53,8 @@ class TextSpec(Spec):
     """Text processing (``data.text``)."""
 
     tokenizer: str | None = None
-    """Directory of a Hugging Face tokenizer; when omitted a WordPiece vocabulary is trained."""
+    """Directory of a Hugging Face tokenizer; when omitted, the tokenizer of a pretrained text
+    component's checkpoint, else a WordPiece vocabulary trained from the captions."""
     vocab_size: int = Field(8000, ge=len(SPECIAL_TOKENS) + 1)
     """Vocabulary size when training a tokenizer from the captions."""
     max_texts: int | None = Field(200_000, gt=0)
@@ -101,14 +115,19 @@ def train_wordpiece(texts: Any, vocab_size: int, lowercase: bool = True) -> PreT
     )
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer directory (no network); adds [ENC]/[DEC] when missing, as BLIP does."""
+def load_tokenizer(path: str | Path, where: str = "data.text.tokenizer") -> PreTrainedTokenizerFast:
+    """Load a tokenizer directory (no network); adds [ENC]/[DEC] when missing, as BLIP does.
+
+    Raises:
+        SpecError: at ``where``: the directory has no tokenizer or it cannot be read.
+    """
+    if not has_tokenizer(str(path)):
+        files = ", ".join(TOKENIZER_FILES)
+        raise SpecError([(where, f"cannot load a tokenizer from {path}: it has none of {files}")])
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise SpecError(
-            [("data.text.tokenizer", f"cannot load a tokenizer from {path}: {exc}")]
-        ) from None
+        raise SpecError([(where, f"cannot load a tokenizer from {path}: {exc}")]) from None
     missing = [t for t in ("[ENC]", "[DEC]") if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -201,13 +220,33 @@ class TextProcessor(Processor):
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIRNAME))
 
 
+def checkpoint_tokenizer(pretrained: PretrainedInput) -> PreTrainedTokenizerFast:
+    """The tokenizer saved with a pretrained text component's checkpoint.
+
+    Raises:
+        SpecError: at ``data.text.tokenizer``: the checkpoint has no tokenizer.
+    """
+    if not has_tokenizer(pretrained.checkpoint):
+        problem = (
+            f"{pretrained.where} {pretrained.checkpoint!r} has no tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES)}), and one trained from the captions would not match "
+            "its word embeddings; set data.text.tokenizer to the tokenizer of that checkpoint"
+        )
+        raise SpecError([("data.text.tokenizer", problem)])
+    return load_tokenizer(pretrained.checkpoint, where=pretrained.where)
+
+
 def make_text_processor(config: TextSpec, ctx: DataContext) -> TextProcessor:
-    """Load the configured tokenizer, reuse one saved by an earlier run, or train one."""
+    """Load the configured tokenizer, reuse one saved by an earlier run, load the one of a
+    pretrained text component's checkpoint, or train one from the captions."""
     saved = ctx.artifact_dir / TOKENIZER_DIRNAME if ctx.artifact_dir is not None else None
+    checkpoint = ctx.pretrained.get("text")
     if config.tokenizer is not None:
         tokenizer = load_tokenizer(config.tokenizer)
     elif saved is not None and (saved / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(saved)
+    elif checkpoint is not None:
+        tokenizer = checkpoint_tokenizer(checkpoint)
     else:
         texts = ctx.texts()
         if config.max_texts is not None:
@@ -222,8 +261,9 @@ def make_text_processor(config: TextSpec, ctx: DataContext) -> TextProcessor:
 class BertEncoderSpec(HFEncoderSpec):
     """A BERT text encoder: `transformers`' `BertModel` and `BertConfig` (``model.components.*``).
 
-    A random init takes its vocabulary size from the tokenizer; a checkpoint whose vocabulary is
-    smaller than the tokenizer's gets its token embeddings resized.
+    A random init takes its vocabulary size from the tokenizer. A checkpoint needs its own
+    tokenizer (loaded from its directory when ``data.text.tokenizer`` is unset); special tokens
+    the tokenizer adds ([ENC], [DEC]) get new rows of token embeddings.
     """
 
     type: Literal["bert"] = "bert"
@@ -258,8 +298,38 @@ def text_vocab_size(ctx: BuildContext) -> int | None:
     return processor.vocab_size if isinstance(processor, TextProcessor) else None
 
 
+def refuse_another_vocabulary(config: HFEncoderSpec, ctx: BuildContext, embeddings: int) -> None:
+    """Refuse a tokenizer whose ids do not index a pretrained checkpoint's word embeddings.
+
+    The tokenizer fits when it has as many tokens as the checkpoint has word embeddings, or when
+    its base vocabulary has and the rest are added special tokens ([ENC], [DEC], as BLIP adds
+    to bert-base-uncased's), whose rows the caller appends (``resize_token_embeddings``).
+
+    Args:
+        config: a text component's spec with ``pretrained``.
+        ctx: the build context (the data's text processor, if any).
+        embeddings: the checkpoint's number of word embeddings (``config.vocab_size``).
+
+    Raises:
+        SpecError: at ``model.components.<name>.pretrained``, with both sizes.
+    """
+    processor = ctx.processors.get("text")
+    if not isinstance(processor, TextProcessor):
+        return
+    tokens, base = len(processor.tokenizer), int(processor.tokenizer.vocab_size)
+    if embeddings in (tokens, base):
+        return
+    problem = (
+        f"checkpoint {config.pretrained!r} has {embeddings} word embeddings but the tokenizer has "
+        f"{tokens} tokens; a pretrained text component needs its checkpoint's tokenizer: leave "
+        "data.text.tokenizer unset to load it from the checkpoint, or set it to that tokenizer"
+    )
+    raise SpecError([(f"{component_path(config, ctx)}.pretrained", problem)])
+
+
 def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
-    """A `BertModel` from ``pretrained`` or from a config sized to the tokenizer."""
+    """A `BertModel` from ``pretrained`` or from a config sized to the tokenizer (a checkpoint
+    must fit the tokenizer: `refuse_another_vocabulary`)."""
     vocab = text_vocab_size(ctx)
     bert = load_hf_model(
         BertModel,
@@ -270,8 +340,10 @@ def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
         model_kwargs={"add_pooling_layer": False},
         unused=BERT_UNUSED,
     )
-    if config.pretrained is not None and vocab is not None and vocab > bert.config.vocab_size:
-        bert.resize_token_embeddings(vocab)
+    if config.pretrained is not None:
+        refuse_another_vocabulary(config, ctx, bert.config.vocab_size)
+        if vocab is not None and vocab > bert.config.vocab_size:
+            bert.resize_token_embeddings(vocab)
     return bert
 
 

@@ -48,7 +48,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.modalities.hf import HFEncoderSpec, component_path, load_hf_model
-from modaloom.modalities.text import text_vocab_size
+from modaloom.modalities.text import refuse_another_vocabulary, text_vocab_size
 
 __all__ = [
     "BertDecoderSpec",
@@ -369,6 +369,8 @@ def load_bert_lm(
         unused=(r"bert\.pooler\.", r"cls\.seq_relationship\."),
         uninitialised=(r"\.crossattention\.",),
     )
+    if config.pretrained is not None:
+        refuse_another_vocabulary(config, ctx, lm.config.vocab_size)
     resize = config.pretrained is not None and target is None
     if resize and vocab is not None and vocab > lm.config.vocab_size:
         lm.resize_token_embeddings(vocab)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from modaloom.core.compose import BuildContext, FeatureCache, _default_inputs
+from modaloom.core.compose import BuildContext, FeatureCache, default_inputs
 from modaloom.core.momentum import FeatureQueue, MomentumCopy
 from modaloom.objectives.contrastive import TwoTower, TwoTowerSpec
 
@@ -54,7 +54,7 @@ def component_fields(ctx: BuildContext, name: str) -> tuple[str, ...]:
     """The batch fields component ``name`` may read, as `build_model` resolves them."""
     spec = ctx.specs.get(name)
     if spec is not None:
-        return _default_inputs(ctx.registry, spec)
+        return default_inputs(ctx.registry, spec)
     modality = getattr(ctx.component(name), "modality", ())
     return (modality,) if isinstance(modality, str) else tuple(modality)
 
