@@ -59,3 +59,7 @@ class CheckpointError(ModaloomError):
 
 class DataError(ModaloomError):
     """A data source is unreachable, empty or misconfigured."""
+
+
+class RunDirectoryError(ModaloomError):
+    """A run directory is in use by another process, or holds a run this call would overwrite."""
