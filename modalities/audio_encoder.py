@@ -130,7 +130,9 @@ def load_ast(config: ASTEncoderSpec, ctx: BuildContext) -> ASTModel:
     if config.pretrained is not None:
         mel_bins = fields.pop("num_mel_bins", None)
         length = fields.pop("max_length", None)
-        ast = ASTModel.from_pretrained(config.pretrained, attn_implementation="sdpa", **fields)
+        ast = ASTModel.from_pretrained(
+            config.pretrained, attn_implementation="sdpa", trust_remote_code=False, **fields
+        )
         default = data_shape or (ast.config.num_mel_bins, ast.config.max_length)
         resize_ast_positions(ast, mel_bins or default[0], length or default[1])
     else:

@@ -74,7 +74,7 @@ def load_clip_vision(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionMod
     """A `CLIPVisionModel` from ``pretrained`` or from a config at the data's frame size."""
     if config.pretrained is not None:
         clip = CLIPVisionModel.from_pretrained(
-            config.pretrained, attn_implementation="sdpa", **config.config
+            config.pretrained, attn_implementation="sdpa", trust_remote_code=False, **config.config
         )
     else:
         size = _visual_size(ctx)

@@ -135,7 +135,11 @@ def load_vit(config: ViTEncoderSpec, ctx: BuildContext) -> ViTModel:
     """A `ViTModel` from ``pretrained`` or from a config at the data's image size."""
     if config.pretrained is not None:
         vit = ViTModel.from_pretrained(
-            config.pretrained, add_pooling_layer=False, attn_implementation="sdpa", **config.config
+            config.pretrained,
+            add_pooling_layer=False,
+            attn_implementation="sdpa",
+            trust_remote_code=False,
+            **config.config,
         )
     else:
         fields = {"image_size": image_size_of(ctx), **config.config}

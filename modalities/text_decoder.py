@@ -322,6 +322,7 @@ def load_bert_lm(
         is_decoder=True,
         add_cross_attention=True,
         attn_implementation="sdpa",
+        trust_remote_code=False,
         **config.config,
     )
     vocab = text_vocab_size(ctx)
