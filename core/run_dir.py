@@ -95,6 +95,12 @@ class RunLock:
                     f"{self.directory} is in use by another modaloom process "
                     f"({describe_holder(holder)}); wait for it to finish or pass another --output"
                 ) from None
+            except OSError as exc:  # a file system without locks
+                os.close(fd)
+                raise RunDirectoryError(
+                    f"cannot lock {self.path}: {exc.strerror or exc}; pass an --output on a "
+                    "local file system"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
         self.fd = fd
@@ -335,9 +341,12 @@ def pick_checkpoint(directory: Path) -> tuple[Path | None, list[Path]]:
 
 def keeps_spec(directory: Path, checkpoint: Path, spec_tree: dict[str, Any]) -> bool:
     """Whether spec.yaml must keep the original: the spec differs in a non-resumable field."""
+    saved = saved_spec(directory, checkpoint)
+    if not isinstance(saved, dict):
+        return False  # nothing to keep: spec.yaml takes this run's spec
     fixed = [
         f"{path} ({change})"
-        for path, change in spec_differences(saved_spec(directory, checkpoint), spec_tree)
+        for path, change in spec_differences(saved, spec_tree)
         if not RESUMABLE.match(path)
     ]
     if fixed:
