@@ -8,16 +8,24 @@ Layout of ``OUTPUT/checkpoints/step-00000050/``::
     state.pt              optimizer, scheduler, step, stage, data position (torch.save); under
                           FSDP the full optimizer state, in the same format
     rng-rank{r}.pt        python/numpy/torch RNG states of each rank
-    meta.json             step, stage, spec, modaloom version
+    meta.json             step, data position, spec, world size, and the size and SHA-256 of
+                          every other file (``files``); written last
+
+`checkpoint_problem` checks a checkpoint against its ``meta.json``; `newest_intact` picks the
+newest checkpoint that passes, so a damaged one is skipped rather than loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
+import struct
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +39,8 @@ from torch import Tensor, nn
 
 from modaloom.core.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 
@@ -42,11 +52,8 @@ def checkpoint_name(step: int) -> str:
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first (temporary directories ignored)."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-    found = [p for p in found if (p / META_FILE).is_file() and (p / MODEL_FILE).is_file()]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+    found = step_directories(root)
+    return [p for p in found if (p / META_FILE).is_file() and (p / MODEL_FILE).is_file()]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -163,6 +170,7 @@ def write_checkpoint(
         else:
             save_model(model, str(tmp / MODEL_FILE))
         torch.save(state, tmp / STATE_FILE)
+        meta = {**meta, "files": file_records(tmp)}  # every rank's RNG file is already there
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if final.exists():
             shutil.rmtree(final)
@@ -235,3 +243,159 @@ def prune_checkpoints(root: Path, keep_last: int | None) -> None:
         return
     for old in complete_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ integrity
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{name: {"size": bytes, "sha256": hex}}`` of every file in ``directory`` but meta.json."""
+    records = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name != META_FILE:
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            records[path.name] = {"size": path.stat().st_size, "sha256": digest}
+    return records
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """The checkpoint's meta.json.
+
+    Raises:
+        CheckpointError: it is missing, not JSON, or not a checkpoint's meta (message: the problem).
+    """
+    path = directory / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{META_FILE} is missing")
+    try:
+        meta = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{META_FILE} is not valid JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{META_FILE} does not describe a checkpoint (no step)")
+    files = meta.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(r, dict) and {"size", "sha256"} <= r.keys() for r in files.values())
+    ):
+        raise CheckpointError(f"{META_FILE} has an invalid `files` record")
+    return meta
+
+
+def required_files(meta: Mapping[str, Any], weights_only: bool) -> list[str]:
+    """The files a load needs: the weights, and to resume also the state and every rank's RNG."""
+    if weights_only:
+        return [MODEL_FILE]
+    world = meta.get("world_size")
+    ranks = world if isinstance(world, int) and world > 0 else 1
+    return [MODEL_FILE, STATE_FILE, *(f"rng-rank{r}.pt" for r in range(ranks))]
+
+
+def _recorded_problem(directory: Path, name: str, record: Mapping[str, Any]) -> str | None:
+    path = directory / name
+    if not path.is_file():
+        return f"{name} is missing"
+    size, expected = path.stat().st_size, record["size"]
+    if size != expected:
+        if size == 0:
+            return f"{name} is empty ({expected} bytes expected)"
+        if size < expected:
+            return f"{name} is truncated ({size} of {expected} bytes)"
+        return f"{name} has {size} bytes, {expected} expected"
+    with path.open("rb") as handle:
+        if hashlib.file_digest(handle, "sha256").hexdigest() != record["sha256"]:
+            return f"{name} does not match its SHA-256 in {META_FILE}"
+    return None
+
+
+def _unrecorded_problem(directory: Path, name: str) -> str | None:
+    """Structural checks of a file of a checkpoint written before meta.json held hashes."""
+    path = directory / name
+    if not path.is_file():
+        return f"{name} is missing"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{name} is empty"
+    if name == MODEL_FILE:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            header_size = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+            try:
+                header = json.loads(handle.read(header_size) if header_size < size else b"")
+                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                return f"{name} is not a safetensors file"
+        expected = 8 + header_size + max(ends, default=0)
+        if size < expected:
+            return f"{name} is truncated ({size} of {expected} bytes)"
+        return None
+    try:
+        with zipfile.ZipFile(path):  # torch.save writes a zip; its index is at the end
+            return None
+    except (zipfile.BadZipFile, OSError):
+        return f"{name} is truncated or not a torch file"
+
+
+def checkpoint_problem(directory: Path, weights_only: bool = False) -> str | None:
+    """What is wrong with a checkpoint, or ``None`` when it is intact.
+
+    Files are checked against the size and SHA-256 meta.json recorded; a checkpoint from before
+    those records gets structural checks only (files present, non-empty, not truncated).
+
+    Args:
+        directory: a ``step-N`` directory.
+        weights_only: check only what loading the weights needs (``modaloom.load``).
+    """
+    try:
+        meta = read_meta(directory)
+    except CheckpointError as exc:
+        return str(exc)
+    records = meta.get("files")
+    for name in required_files(meta, weights_only):
+        if records is None:
+            problem = _unrecorded_problem(directory, name)
+        elif name not in records:
+            problem = f"{name} is not recorded in {META_FILE}"
+        else:
+            problem = _recorded_problem(directory, name, records[name])
+        if problem is not None:
+            return problem
+    if records is None:
+        log.info("checkpoint %s has no file hashes (older modaloom): checked structure", directory)
+    elif not weights_only:
+        for name, record in records.items():
+            problem = _recorded_problem(directory, name, record)
+            if problem is not None:
+                return problem
+    return None
+
+
+def step_directories(root: Path) -> list[Path]:
+    """Every ``step-N`` directory under ``root`` (intact or not), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def newest_intact(
+    root: Path, weights_only: bool = False
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint under ``root`` that `checkpoint_problem` passes.
+
+    Returns:
+        (that checkpoint or ``None``, the newer damaged ones with what is wrong, newest first).
+    """
+    damaged: list[tuple[Path, str]] = []
+    for directory in reversed(step_directories(root)):
+        problem = checkpoint_problem(directory, weights_only)
+        if problem is None:
+            return directory, damaged
+        damaged.append((directory, problem))
+    return None, damaged
+
+
+def describe_damage(damaged: Sequence[tuple[Path, str]]) -> str:
+    """``step-N: problem; ...`` for messages."""
+    return "; ".join(f"{path.name}: {problem}" for path, problem in damaged)

@@ -48,7 +48,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     keep = [f"train.keep_last={args.keep_last}"] if args.keep_last is not None else []
     spec = load_spec(args.spec, [*args.set, *keep])
     output = Path(args.output) if args.output else default_output(args.spec)
-    result = train(spec, output, resume=args.resume, show_progress=not args.no_progress)
+    result = train(
+        spec,
+        output,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        show_progress=not args.no_progress,
+    )
     if not result.is_main_process:
         return 0
     print(
@@ -203,10 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a spec or preset")
     add_spec_arguments(train)
     train.add_argument("--output", help="run directory (default: runs/<spec name>)")
-    train.add_argument(
+    start = train.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the last complete checkpoint in --output",
+        help="continue from the newest intact checkpoint in --output (from scratch if none)",
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move a run already in --output aside to OUTPUT.old-<time> and start afresh",
     )
     train.add_argument(
         "--keep-last",

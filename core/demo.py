@@ -101,7 +101,8 @@ def run_demo(
     spec = load_spec(preset, overrides, registry)
     output = Path(output)
     started = time.perf_counter()
-    train(spec, output / RUN_DIR, registry=registry, resume=True, show_progress=show_progress)
+    resume = (output / RUN_DIR).is_dir()  # a demo that was stopped continues
+    train(spec, output / RUN_DIR, registry=registry, resume=resume, show_progress=show_progress)
     seconds = time.perf_counter() - started
     run = load_run(output / RUN_DIR, spec=spec, registry=registry)
     evaluators: list[Evaluator] = []

@@ -97,3 +97,11 @@ class CheckpointError(ModaloomError):
 
 class DataError(ModaloomError):
     """A data source is unreachable, empty or misconfigured."""
+
+
+class RunDirectoryError(ModaloomError):
+    """A run directory is in use by another process, or holds a run this call would overwrite."""
+
+
+class RemoteCodeError(ModaloomError):
+    """A model or tokenizer directory asks to run its own code (``auto_map``); never allowed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,33 +11,54 @@ import torch
 import yaml
 from torch import Tensor
 
-from modaloom.core.checkpoint import latest_checkpoint, load_weights
+from modaloom.core.checkpoint import (
+    META_FILE,
+    MODEL_FILE,
+    STEP_DIR,
+    checkpoint_problem,
+    describe_damage,
+    load_weights,
+    newest_intact,
+)
 from modaloom.core.compose import FeatureCache, LoomModel, build_model
 from modaloom.core.data import batch_from_values, build_processors, build_sources
 from modaloom.core.errors import CheckpointError
 from modaloom.core.generation import TextGenerator
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
-from modaloom.core.runner import ARTIFACTS_DIR, CHECKPOINTS_DIR, SPEC_FILE
+from modaloom.core.run_dir import CHECKPOINTS_DIR, SPEC_FILE
+from modaloom.core.runner import ARTIFACTS_DIR
 from modaloom.core.spec import load_spec
 from modaloom.core.spec_models import ExperimentSpec
+
+log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint directory) from either of them.
 
+    A run directory gives its newest intact checkpoint (meta.json and the weights verified);
+    each newer damaged one is skipped with a warning.
+
     Raises:
-        CheckpointError: nothing loadable there.
+        CheckpointError: nothing loadable there, or the checkpoint named is damaged.
     """
     path = Path(path)
-    if (path / "model.safetensors").is_file():
+    if STEP_DIR.match(path.name) or any((path / f).is_file() for f in (MODEL_FILE, META_FILE)):
+        problem = checkpoint_problem(path, weights_only=True)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
         return path.parent.parent, path
-    found = latest_checkpoint(path / CHECKPOINTS_DIR)
+    found, damaged = newest_intact(path / CHECKPOINTS_DIR, weights_only=True)
+    if found is None and damaged:
+        raise CheckpointError(f"no intact checkpoint in {path}: {describe_damage(damaged)}")
     if found is None:
         raise CheckpointError(
             f"no complete checkpoint in {path} (expected {CHECKPOINTS_DIR}/step-N "
             "or a checkpoint directory with model.safetensors)"
         )
+    for skipped, problem in damaged:
+        log.warning("skipping damaged checkpoint %s: %s; loading %s", skipped, problem, found.name)
     return path, found
 
 
@@ -78,7 +100,13 @@ def load_run(
         spec_path = run_dir / SPEC_FILE
         if not spec_path.is_file():
             raise CheckpointError(f"{run_dir} has no {SPEC_FILE}; pass the spec explicitly")
-        spec = load_spec(yaml.safe_load(spec_path.read_text()), registry=registry)
+        try:
+            tree = yaml.safe_load(spec_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise CheckpointError(
+                f"{spec_path} is not valid YAML; pass the spec explicitly"
+            ) from None
+        spec = load_spec(tree, registry=registry)
     sources: dict[str, Source] = {}
     if with_sources:
         sources = build_sources({**spec.data.sources, **spec.data.eval_sources}, registry)

@@ -3,7 +3,6 @@ scheduler, step, data position, skipped-sample count and every rank's RNG states
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,18 +19,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def restore(session: TrainingSession) -> None:
-    """Load the newest complete checkpoint of the session's run, if any.
+def restore(session: TrainingSession, latest: Path) -> None:
+    """Load a checkpoint (verified by `checkpoint.newest_intact`) into the session.
 
     Raises:
         CheckpointError: it was written by another number of processes, or does not fit.
     """
-    latest = ckpt.latest_checkpoint(session.checkpoint_root)
-    if latest is None:
-        log.info("no complete checkpoint in %s; starting from scratch", session.checkpoint_root)
-        return
     acc = session.accelerator
-    saved_world = json.loads((latest / ckpt.META_FILE).read_text()).get("world_size")
+    saved_world = ckpt.read_meta(latest).get("world_size")
     if saved_world is not None and saved_world != acc.num_processes:
         raise CheckpointError(  # the data position and step count assume the same world
             f"checkpoint {latest} was written by {saved_world} process(es) and this run has "
@@ -47,8 +42,6 @@ def restore(session: TrainingSession) -> None:
     if rng is not None:
         ckpt.set_rng_state(rng)
     session.last_checkpoint = latest
-    if acc.is_main_process:
-        truncate_metrics(session.metrics_path, session.step)
     log.info("resumed from %s at step %d", latest, session.step)
 
 
@@ -100,17 +93,3 @@ def save(session: TrainingSession) -> None:
         ckpt.prune_checkpoints(session.checkpoint_root, session.spec.train.keep_last)
     acc.wait_for_everyone()
     session.last_checkpoint = session.checkpoint_root / ckpt.checkpoint_name(session.step)
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after ``step`` by a run that was killed (they will be redone)."""
-    if not path.is_file():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
-
-

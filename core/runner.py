@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from modaloom.core import checkpoint as ckpt
-from modaloom.core import fsdp, run_state
+from modaloom.core import fsdp, run_dir, run_state
 from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import SampleDecoder, build_processors, build_sources
-from modaloom.core.errors import CheckpointError, ModaloomError
+from modaloom.core.errors import ModaloomError
 from modaloom.core.evaluation import run_evaluators, write_metrics
 from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
+from modaloom.core.run_dir import CHECKPOINTS_DIR, METRICS_FILE
 from modaloom.core.spec import spec_to_tree
 from modaloom.core.spec_models import ExperimentSpec, StageSpec
 from modaloom.core.stage_actions import stage_actions
@@ -31,12 +31,7 @@ from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, spl
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE, METRICS_FILE, ARTIFACTS_DIR, CHECKPOINTS_DIR = (
-    "spec.yaml",
-    "metrics.jsonl",
-    "artifacts",
-    "checkpoints",
-)
+ARTIFACTS_DIR = "artifacts"
 FINAL_METRICS_FILE = "metrics.json"
 """Evaluator metrics of the last step (``train.eval_every``), in the run directory."""
 
@@ -82,20 +77,6 @@ def make_accelerator(precision: str, accumulation: int) -> Accelerator:
     return accelerator
 
 
-def check_writable(directory: Path) -> None:
-    """Fail early, with one message, when the output directory cannot be written."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot write to output directory {directory}: {exc.strerror or exc}; "
-            "pass a writable --output"
-        ) from exc
-
-
 @dataclass
 class TrainingSession:
     """Everything one run holds; `run` trains the remaining stages."""
@@ -131,9 +112,21 @@ class TrainingSession:
     def unwrapped(self) -> LoomModel:
         return self.accelerator.unwrap_model(self.model)  # type: ignore[no-any-return]
 
-    def resume(self) -> None:
-        """Load the newest complete checkpoint, if any (a fresh start otherwise)."""
-        run_state.restore(self)
+    def resume(self, checkpoint: Path) -> None:
+        """Load ``checkpoint`` and check that its data position can be restored.
+
+        Raises:
+            CheckpointError: the checkpoint does not fit this run.
+            DataError: the data stream cannot continue from the saved position.
+        """
+        run_state.restore(self, checkpoint)
+        first = 0
+        for index, stage in enumerate(self.spec.train.resolved_stages()):
+            if self.step < first + stage.steps:
+                if self.data_state.get("stage") == stage.name:
+                    self.stage_plan(index, stage, self.step - first)  # raises if it cannot
+                return
+            first += stage.steps
 
     def save_checkpoint(self) -> None:
         """Write a checkpoint of this step (every rank takes part)."""
@@ -339,11 +332,21 @@ class TrainingSession:
         return record["loss"]
 
 def setup_session(
-    spec: ExperimentSpec, output_dir: Path, registry: Registry, show_progress: bool = True
+    spec: ExperimentSpec,
+    output_dir: Path,
+    registry: Registry,
+    show_progress: bool = True,
+    accelerator: Accelerator | None = None,
+    save_artifacts: bool = True,
 ) -> TrainingSession:
-    """Build accelerator, data, model and optimizer for ``spec`` (no resume yet)."""
+    """Build accelerator, data, model and optimizer for ``spec`` (no resume yet).
+
+    Nothing is written into ``output_dir`` but, with ``save_artifacts``, what the processors
+    learned (a trained tokenizer) under ``artifacts/``.
+    """
     train = spec.train
-    accelerator = make_accelerator(train.precision, train.gradient_accumulation)
+    if accelerator is None:
+        accelerator = make_accelerator(train.precision, train.gradient_accumulation)
     if train.eval_every is not None and fsdp.is_fsdp(accelerator):
         raise ModaloomError(
             "train.eval_every is not supported under FSDP (ranks evaluate different numbers of "
@@ -351,15 +354,12 @@ def setup_session(
             "and run `modaloom eval` on the checkpoints"
         )
     set_seed(train.seed)
-    if accelerator.is_main_process:
-        check_writable(output_dir)
-        (output_dir / SPEC_FILE).write_text(yaml.safe_dump(spec_to_tree(spec), sort_keys=False))
     sources = build_sources(spec.data.sources, registry)
     eval_sources = build_sources(spec.data.eval_sources, registry) if train.eval_every else {}
     artifacts = output_dir / ARTIFACTS_DIR
     with accelerator.main_process_first():
         processors = build_processors(spec.data, registry, sources, artifacts, spec.model)
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and save_artifacts:
             artifacts.mkdir(parents=True, exist_ok=True)
             for processor in processors.values():
                 processor.save(artifacts)
@@ -396,22 +396,43 @@ def train(
     *,
     registry: Registry | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     show_progress: bool = True,
 ) -> TrainResult:
     """Train ``spec`` into ``output_dir``; with ``resume`` continue from the last checkpoint.
+
+    The directory is locked for the whole run, and nothing in it changes before the model is
+    built and the checkpoint loaded (see `modaloom.core.run_dir`).
 
     Args:
         spec: a validated spec from `load_spec`.
         output_dir: run directory (spec.yaml, metrics.jsonl, artifacts/, checkpoints/).
         registry: the registry the spec was validated with (the default one when omitted).
-        resume: continue from the newest complete checkpoint in ``output_dir``.
+        resume: continue from the newest intact checkpoint in ``output_dir``; start from
+            scratch, with a warning, when there is none.
+        overwrite: move a run already in ``output_dir`` aside to ``OUTPUT.old-<time>``.
         show_progress: show a tqdm bar on the main process.
+
+    Raises:
+        RunDirectoryError: another process trains into ``output_dir``, or it holds a run and
+            neither ``resume`` nor ``overwrite`` is given.
+        CheckpointError: no intact checkpoint to resume, or it does not fit the model.
     """
     if registry is None:
         from modaloom.core.plugins import default_registry
 
         registry = default_registry()
-    session = setup_session(spec, Path(output_dir), registry, show_progress)
-    if resume:
-        session.resume()
-    return session.run()
+    output = Path(output_dir)
+    accelerator = make_accelerator(spec.train.precision, spec.train.gradient_accumulation)
+    tree = spec_to_tree(spec)
+    claimed = run_dir.claim(accelerator, output, tree, resume=resume, overwrite=overwrite)
+    try:
+        fresh = claimed.checkpoint is None or not (output / ARTIFACTS_DIR).is_dir()
+        session = setup_session(spec, output, registry, show_progress, accelerator, fresh)
+        if claimed.checkpoint is not None:
+            session.resume(claimed.checkpoint)
+        if accelerator.is_main_process:
+            claimed.commit(tree, session.step)
+        return session.run()
+    finally:
+        claimed.release()

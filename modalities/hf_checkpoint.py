@@ -217,7 +217,11 @@ def load_with_info(
     """
     with quiet_transformers():
         loaded = model_class.from_pretrained(
-            checkpoint, local_files_only=True, output_loading_info=True, **kwargs
+            checkpoint,
+            local_files_only=True,
+            output_loading_info=True,
+            trust_remote_code=False,
+            **kwargs,
         )
     model, info = cast(tuple[ModelT, dict[str, Any]], loaded)
     return model, info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import Tensor
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from modaloom.core.compose import BuildContext
-from modaloom.core.errors import MediaDecodeError, SpecError
+from modaloom.core.errors import MediaDecodeError, RemoteCodeError, SpecError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import (
     DataContext,
@@ -115,17 +116,42 @@ def train_wordpiece(texts: Any, vocab_size: int, lowercase: bool = True) -> PreT
     )
 
 
+def refuse_custom_code(path: str | Path) -> None:
+    """Refuse a local directory whose configs name their own code (``auto_map``), which
+    transformers would import and run with ``trust_remote_code=True``.
+
+    Raises:
+        RemoteCodeError: naming the file and the class.
+    """
+    for name in ("tokenizer_config.json", "config.json"):
+        config = Path(path) / name
+        try:
+            auto_map = json.loads(config.read_text()).get("auto_map") if config.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue  # transformers reports an unreadable config itself
+        if auto_map:
+            raise RemoteCodeError(
+                f"refusing to load {path}: {name} names custom code (auto_map: "
+                f"{json.dumps(auto_map)}); modaloom never runs code from a model or run "
+                "directory (trust_remote_code=False)"
+            )
+
+
 def load_tokenizer(path: str | Path, where: str = "data.text.tokenizer") -> PreTrainedTokenizerFast:
     """Load a tokenizer directory (no network); adds [ENC]/[DEC] when missing, as BLIP does.
 
     Raises:
+        RemoteCodeError: the directory names custom code (``auto_map``).
         SpecError: at ``where``: the directory has no tokenizer or it cannot be read.
     """
+    refuse_custom_code(path)
     if not has_tokenizer(str(path)):
         files = ", ".join(TOKENIZER_FILES)
         raise SpecError([(where, f"cannot load a tokenizer from {path}: it has none of {files}")])
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
         raise SpecError([(where, f"cannot load a tokenizer from {path}: {exc}")]) from None
     missing = [t for t in ("[ENC]", "[DEC]") if t not in tokenizer.get_vocab()]
