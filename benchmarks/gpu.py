@@ -103,16 +103,17 @@ def batch_fields(model: LoomModel, processors: dict[str, Processor]) -> list[str
     return sorted(fields)
 
 
-def media_item(field: str, data: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A random processor output of one sample for a media field."""
+def media_item(field: str, config: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random processor output of one sample for a media field (``config``: the field's
+    processor's resolved ``data.<field>``)."""
     if field == "image":
-        shape: tuple[int, ...] = (3, data.image.size, data.image.size)
+        shape: tuple[int, ...] = (3, config.size, config.size)
         return {"pixel_values": torch.randn(shape, generator=generator)}
     if field == "video":
-        shape = (data.video.frames, 3, data.video.size, data.video.size)
+        shape = (config.frames, 3, config.size, config.size)
         return {"pixel_values": torch.randn(shape, generator=generator)}
     if field == "audio":
-        shape = (data.audio.clips, data.audio.mel_bins, data.audio.target_length)
+        shape = (config.clips, config.mel_bins, config.target_length)
         return {"spectrogram": torch.randn(shape, generator=generator)}
     raise SystemExit(f"no synthetic data for field {field!r}; pass --fields")
 
@@ -133,7 +134,7 @@ def synthetic_batch(
                     caption, key=sample["__key__"], train=True, rng=rng
                 )
             else:
-                sample[field] = media_item(field, spec.data, generator)
+                sample[field] = media_item(field, processors[field].config, generator)
         decoded.append(sample)
     batch = SampleDecoder(processors, train=True).collate(decoded, [])
     batch.pop("__skipped__")

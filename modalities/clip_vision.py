@@ -26,8 +26,10 @@ class CLIPVisionSpec(HFEncoderSpec):
     """A CLIP ViT vision tower: `transformers`' `CLIPVisionModel` and `CLIPVisionConfig`
     (``model.components.<name>``).
 
-    A random init takes its image size from ``data.video.size`` (else ``data.image.size``).
-    CLIP's pixel mean and std are set in the data spec (``data.video.mean`` / ``std``).
+    ``pretrained`` is a vision tower or a whole `CLIPModel` (its text tower is left out). A
+    random init takes its image size from ``data.video.size`` (else ``data.image.size``). With a
+    checkpoint, the data's pixel mean, std and size default to its ``preprocessor_config.json``
+    (CLIP's statistics and crop) unless ``data.video`` / ``data.image`` set them.
     """
 
     type: Literal["clip_vision"] = "clip_vision"

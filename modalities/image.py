@@ -30,9 +30,8 @@ from modaloom.modalities.hf import (
 )
 from modaloom.modalities.image_decode import decode_image
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
+from modaloom.modalities.pixels import default_pixels, pixels, resolve_pixels
 from modaloom.modalities.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     augment,
     decode_side,
     normalize,
@@ -42,35 +41,39 @@ from modaloom.modalities.transforms import (
 class ImageSpec(Spec):
     """Image processing (``data.image``)."""
 
-    size: int = Field(224, ge=8)
-    """Output side length in pixels."""
+    size: int | None = Field(None, ge=8)
+    """Output side length in pixels; default: a pretrained vision checkpoint's (its
+    ``preprocessor_config.json``), else 224 (`modaloom.modalities.pixels`)."""
     scale: tuple[float, float] = (0.5, 1.0)
     """Area range of the random resized crop in training."""
     flip: bool = True
     """Random horizontal flip in training."""
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     """Larger images (width x height, read from the header) are skipped, not decoded."""
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    """Per-channel mean for normalisation."""
-    std: tuple[float, float, float] = IMAGENET_STD
-    """Per-channel standard deviation for normalisation."""
+    mean: tuple[float, float, float] | None = None
+    """Per-channel mean for normalisation; default: a pretrained vision checkpoint's, else
+    ImageNet's."""
+    std: tuple[float, float, float] | None = None
+    """Per-channel standard deviation for normalisation; default: a pretrained vision
+    checkpoint's, else ImageNet's."""
 
 
 class ImageProcessor(Processor):
     """Decode, crop, flip and normalise images to ``{"pixel_values": (3, S, S)}``."""
 
     def __init__(self, config: ImageSpec) -> None:
-        self.config = config
+        self.config = default_pixels(config)
+        self.pixels = pixels(self.config)
 
     def process(
         self, value: Any, *, key: str, train: bool, rng: random.Random
     ) -> dict[str, Tensor]:
-        cfg = self.config
+        cfg, (mean, std, size) = self.config, self.pixels
         with decoding(key):
-            side = decode_side(cfg.size, cfg.scale[0])
-            pixels = decode_image(value, key, max_pixels=cfg.max_pixels, min_side=side)
-            out = augment(pixels, cfg.size, train=train, rng=rng, scale=cfg.scale, flip=cfg.flip)
-        return {"pixel_values": normalize(out, cfg.mean, cfg.std)}
+            side = decode_side(size, cfg.scale[0])
+            image = decode_image(value, key, max_pixels=cfg.max_pixels, min_side=side)
+            out = augment(image, size, train=train, rng=rng, scale=cfg.scale, flip=cfg.flip)
+        return {"pixel_values": normalize(out, mean, std)}
 
     def collate(self, items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         blank = zeros_like_first(items)
@@ -79,8 +82,8 @@ class ImageProcessor(Processor):
 
 
 def make_image_processor(config: ImageSpec, ctx: DataContext) -> ImageProcessor:
-    """Registry factory of the ``image`` modality."""
-    return ImageProcessor(config)
+    """Registry factory of the ``image`` modality (unset pixel settings resolved)."""
+    return ImageProcessor(resolve_pixels(config, ctx, "image"))
 
 
 # ------------------------------------------------------------------------------ encoder
@@ -127,7 +130,7 @@ class ViTImageEncoder(Encoder):
 def image_size_of(ctx: BuildContext, default: int = 224) -> int:
     """Side length the data's image processor produces."""
     processor = ctx.processors.get("image")
-    return processor.config.size if isinstance(processor, ImageProcessor) else default
+    return processor.pixels.size if isinstance(processor, ImageProcessor) else default
 
 
 def visual_size(ctx: BuildContext) -> int | None:
@@ -136,7 +139,7 @@ def visual_size(ctx: BuildContext) -> int | None:
     if video_config is not None and hasattr(video_config, "size"):
         return int(video_config.size)
     image = ctx.processors.get("image")
-    return image.config.size if isinstance(image, ImageProcessor) else None
+    return image.pixels.size if isinstance(image, ImageProcessor) else None
 
 
 def load_vit(

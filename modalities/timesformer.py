@@ -229,16 +229,18 @@ def initialise_temporal_from_spatial(model: TimeSformer) -> None:
 class TimeSformerSpec(HFEncoderSpec):
     """A divided space-time video and image encoder inflated from a ViT (``model.components.*``).
 
-    ``pretrained`` and ``config`` refer to `transformers`' `ViTModel` and `ViTConfig`; the
-    checkpoint is inflated to video (`inflate_from_vit`). A random init takes its image size from
-    ``data.video.size`` (else ``data.image.size``). ``gradient_checkpointing`` recomputes each
-    divided space-time block in the backward pass.
+    ``pretrained`` is a `transformers` `TimesformerModel` checkpoint, loaded with every tensor
+    used (`modaloom.modalities.timesformer_hf`), or a `ViTModel` one, inflated to video
+    (`inflate_from_vit`); ``config`` holds `ViTConfig` fields. A random init takes its image size
+    from ``data.video.size`` (else ``data.image.size``). ``gradient_checkpointing`` recomputes
+    each divided space-time block in the backward pass.
     """
 
     type: Literal["timesformer"] = "timesformer"
     hf_config = ViTConfig
     num_frames: int | None = Field(None, ge=1)
-    """Length of the temporal embedding; defaults to ``data.video.frames`` (8 without one)."""
+    """Length of the temporal embedding; defaults to ``data.video.frames`` (without one, a
+    TimeSformer checkpoint's, else 8)."""
     pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of all patch tokens."""
 

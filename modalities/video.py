@@ -19,9 +19,8 @@ from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
+from modaloom.modalities.pixels import default_pixels, pixels, resolve_pixels
 from modaloom.modalities.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     center_crop_box,
     crop_resize,
     decode_side,
@@ -36,14 +35,16 @@ class VideoSpec(Spec):
 
     frames: int = Field(8, ge=1)
     """T, the number of frames sampled per clip (one per equal segment of the clip)."""
-    size: int = Field(224, ge=1)
-    """Side of the square output frames, in pixels."""
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    """Per-channel mean subtracted after scaling to [0, 1]; ImageNet's by default, as for images
-    (a shared image/video encoder must see both normalised alike). CLIP's is
-    (0.48145466, 0.4578275, 0.40821073)."""
-    std: tuple[float, float, float] = IMAGENET_STD
-    """Per-channel standard deviation; CLIP's is (0.26862954, 0.26130258, 0.27577711)."""
+    size: int | None = Field(None, ge=1)
+    """Side of the square output frames, in pixels; default: a pretrained vision checkpoint's
+    (its ``preprocessor_config.json``), else 224 (`modaloom.modalities.pixels`)."""
+    mean: tuple[float, float, float] | None = None
+    """Per-channel mean subtracted after scaling to [0, 1]; default: a pretrained vision
+    checkpoint's, else ImageNet's, as for images (a shared image/video encoder must see both
+    normalised alike). CLIP's is (0.48145466, 0.4578275, 0.40821073)."""
+    std: tuple[float, float, float] | None = None
+    """Per-channel standard deviation (default as ``mean``); CLIP's is
+    (0.26862954, 0.26130258, 0.27577711)."""
     train_sampling: Literal["random_segment", "uniform"] = "random_segment"
     """Training frame times: a random time in each segment, or the segment centres."""
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -63,7 +64,7 @@ class VideoSpec(Spec):
         low, high = self.crop_scale
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if min(self.std) <= 0.0:
+        if self.std is not None and min(self.std) <= 0.0:
             raise ValueError(f"std must be positive in every channel, got {self.std}")
         return self
 
@@ -90,18 +91,19 @@ def transform_clip(frames: Tensor, config: VideoSpec, *, train: bool, rng: rando
     else:
         box = center_crop_box(width, height)
     left, top, w, h = box
-    pixels = frames[..., top : top + h, left : left + w].float().div_(255.0)  # crop, then convert
-    out = crop_resize(pixels, (0, 0, w, h), config.size)
+    mean, std, size = pixels(config)
+    cropped = frames[..., top : top + h, left : left + w].float().div_(255.0)  # crop, convert
+    out = crop_resize(cropped, (0, 0, w, h), size)
     if train and config.flip and rng.random() < 0.5:
         out = out.flip(-1)
-    return normalize(out, config.mean, config.std)
+    return normalize(out, mean, std)
 
 
 class VideoProcessor(Processor):
     """Decodes a video field to ``{"pixel_values": (T, 3, size, size)}`` float frames."""
 
     def __init__(self, config: VideoSpec) -> None:
-        self.config = config
+        self.config = default_pixels(config)
 
     def process(
         self, value: Any, *, key: str, train: bool, rng: random.Random
@@ -132,7 +134,7 @@ class VideoProcessor(Processor):
                 max_packets=config.max_packets,
                 threads=config.decode_threads,
                 max_pixels=config.max_pixels,
-                min_side=decode_side(config.size, config.crop_scale[0]),
+                min_side=decode_side(pixels(config).size, config.crop_scale[0]),
             )
             return {"pixel_values": transform_clip(frames, config, train=train, rng=rng)}
 
@@ -150,8 +152,8 @@ class VideoProcessor(Processor):
 
 
 def make_video_processor(config: VideoSpec, ctx: DataContext) -> VideoProcessor:
-    """Factory registered for the ``video`` modality (``ctx`` is unused: nothing is learned)."""
-    return VideoProcessor(config)
+    """Factory registered for the ``video`` modality (unset pixel settings resolved)."""
+    return VideoProcessor(resolve_pixels(config, ctx, "video"))
 
 
 @hookimpl
