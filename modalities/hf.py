@@ -20,14 +20,19 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError, SpecProblems
 from modaloom.core.spec_models import ComponentSpec
-from modaloom.modalities.hf_checkpoint import LoadReport, load_with_info, refuse_partial_load
+from modaloom.modalities.hf_checkpoint import (
+    LoadReport,
+    checkpoint_location_problem,
+    load_with_info,
+    refuse_partial_load,
+)
 from modaloom.modalities.hf_config import config_problems
 
 __all__ = [
@@ -70,6 +75,16 @@ class HFEncoderSpec(ComponentSpec):
 
     hf_config: ClassVar[type[PretrainedConfig] | None] = None
     """The `transformers` config class ``config`` holds fields of (each subclass sets it)."""
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_is_here(cls, value: str | None) -> str | None:
+        """A local path must exist; a model name must be in the Hugging Face cache (so
+        ``modaloom validate`` refuses what training could not read)."""
+        problem = None if value is None else checkpoint_location_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _config_fits(self) -> HFEncoderSpec:

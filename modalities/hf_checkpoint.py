@@ -56,31 +56,37 @@ def looks_local(value: str) -> bool:
     return len(path.parts) > 1 and path.parent.exists()
 
 
-def checkpoint_location_problem(value: str, marker: str = "config.json") -> str | None:
+def checkpoint_location_problem(
+    value: str, markers: Sequence[str] = ("config.json",)
+) -> str | None:
     """Why ``value`` cannot be read without the network, or ``None`` when it can.
 
     Args:
         value: a ``pretrained`` (or ``tokenizer``) value: a directory or a model name.
-        marker: a file a cached model of that name has (``config.json``; a tokenizer's
-            ``tokenizer_config.json``).
+        markers: files of which a cached model of that name has one (``config.json``; a
+            tokenizer's `TOKENIZER_FILES`).
 
     Returns:
         The problem, phrased for a spec error.
     """
     if looks_local(value):
         path = Path(value).expanduser()
-        return None if path.exists() else f"{value} does not exist"
-    try:
-        cached = try_to_load_from_cache(value, marker)
-    except ValueError:  # an invalid repository id (HFValidationError)
-        cached = None
-    if isinstance(cached, str):
+        return None if path.exists() else f"{value!r} does not exist"
+    if any(isinstance(_cache_entry(value, marker), str) for marker in markers):
         return None
     return (
         f"{value!r} is neither a local path nor a model in the Hugging Face cache, and nothing "
         "is downloaded at run time; give a checkpoint directory (or download the model first "
         "with `huggingface-cli download`)"
     )
+
+
+def _cache_entry(name: str, filename: str) -> object:
+    """The cached path of ``filename`` of model ``name`` (a `str`), or what says it is not."""
+    try:
+        return try_to_load_from_cache(name, filename)
+    except ValueError:  # an invalid repository id (HFValidationError)
+        return None
 
 
 @contextmanager
@@ -209,8 +215,9 @@ def refuse_partial_load(report: LoadReport, where: str, checkpoint: str, target:
 def load_with_info(
     model_class: type[ModelT], checkpoint: str, **kwargs: Any
 ) -> tuple[ModelT, dict[str, Any]]:
-    """``model_class.from_pretrained`` on local files, quietly, with `transformers`' loading
-    info (``missing_keys``, ``unexpected_keys``, ``mismatched_keys``).
+    """``model_class.from_pretrained`` on local files, never running the checkpoint's own code
+    (``trust_remote_code=False``), quietly, with `transformers`' loading info
+    (``missing_keys``, ``unexpected_keys``, ``mismatched_keys``).
 
     Raises:
         OSError: the checkpoint cannot be read.
@@ -219,8 +226,8 @@ def load_with_info(
         loaded = model_class.from_pretrained(
             checkpoint,
             local_files_only=True,
-            output_loading_info=True,
             trust_remote_code=False,
+            output_loading_info=True,
             **kwargs,
         )
     model, info = cast(tuple[ModelT, dict[str, Any]], loaded)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -40,7 +40,11 @@ from modaloom.modalities.hf import (
     load_hf_model,
     pool_tokens,
 )
-from modaloom.modalities.hf_checkpoint import TOKENIZER_FILES, has_tokenizer
+from modaloom.modalities.hf_checkpoint import (
+    TOKENIZER_FILES,
+    checkpoint_location_problem,
+    has_tokenizer,
+)
 
 BERT_UNUSED = (r"(bert\.)?pooler\.", r"cls\.")
 """Checkpoint tensors a ``bert`` encoder leaves out: the pooler and the pre-training heads
@@ -64,6 +68,15 @@ class TextSpec(Spec):
     """Tokens per text, [CLS] and [SEP] included; longer texts are truncated."""
     lowercase: bool = True
     """Lowercase before WordPiece (a trained tokenizer only)."""
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_is_here(cls, value: str | None) -> str | None:
+        """A local path must exist; a name must be in the Hugging Face cache."""
+        problem = None if value is None else checkpoint_location_problem(value, TOKENIZER_FILES)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 def wordpiece_vocabulary(texts: Any, vocab_size: int, lowercase: bool = True) -> dict[str, int]:

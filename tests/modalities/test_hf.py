@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import pytest
 import torch
 from transformers import (
@@ -22,6 +25,7 @@ from transformers import (
     ViTModel,
 )
 
+from modaloom.core.cli import main
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
 from modaloom.core.plugins import load_plugins
@@ -136,21 +140,69 @@ def test_every_hf_spec_extends_the_base(case: Case) -> None:
     assert config is not None and issubclass(config, HFEncoderSpec)
 
 
-def test_a_missing_checkpoint_is_a_spec_error_at_its_component(tmp_path: Path) -> None:
-    spec = ViTEncoderSpec(pretrained=str(tmp_path / "missing"))
+def test_an_unreadable_checkpoint_is_a_spec_error_at_its_component(tmp_path: Path) -> None:
+    spec = ViTEncoderSpec(pretrained=str(tmp_path))  # exists, holds no checkpoint
     ctx = BuildContext(REGISTRY, specs={"vision": spec})
     with pytest.raises(SpecError) as info:
         load_hf_model(ViTModel, ViTConfig, spec, ctx)
     assert str(info.value).startswith(
         "spec is invalid (1 problem):\n  model.components.vision.pretrained: cannot load a "
-        f"ViTModel from {str(tmp_path / 'missing')!r}: "
+        f"ViTModel from {str(tmp_path)!r}: "
     )
 
 
-def test_a_name_outside_the_local_cache_is_not_downloaded() -> None:
-    spec = ViTEncoderSpec(pretrained="modaloom-tests/no-such-model")
-    with pytest.raises(SpecError, match="cannot load a ViTModel from 'modaloom-tests/no-such"):
-        load_hf_model(ViTModel, ViTConfig, spec, BuildContext(REGISTRY))
+def validate(*overrides: str) -> tuple[int, str]:
+    """``modaloom validate clip-tiny --set ...``: exit code and stderr."""
+    arguments = [item for override in overrides for item in ("--set", override)]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(["validate", "clip-tiny", *arguments])
+    return code, err.getvalue()
+
+
+def test_validate_refuses_a_local_checkpoint_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    assert validate(f"model.components.vision.pretrained={missing}") == (
+        2,
+        "error: clip-tiny is invalid (1 problem):\n  model.components.vision.pretrained: "
+        f"{str(missing)!r} does not exist\n",
+    )
+
+
+def test_validate_refuses_a_model_name_outside_the_local_cache() -> None:
+    assert validate("model.components.text.pretrained=modaloom-tests/no-such-model") == (
+        2,
+        "error: clip-tiny is invalid (1 problem):\n  model.components.text.pretrained: "
+        "'modaloom-tests/no-such-model' is neither a local path nor a model in the Hugging Face "
+        "cache, and nothing is downloaded at run time; give a checkpoint directory (or download "
+        "the model first with `huggingface-cli download`)\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("present", "absent"),
+    [("./ckpt", "./other"), ("{root}/ckpt", "{root}/other"), ("ckpt/inner", "ckpt/other")],
+)
+def test_local_looking_paths_must_exist(
+    present: str, absent: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt" / "inner").mkdir(parents=True)
+    here, gone = present.format(root=tmp_path), absent.format(root=tmp_path)
+    assert ViTEncoderSpec(pretrained=here).pretrained == here
+    with pytest.raises(ValueError, match=f"{gone!r} does not exist"):
+        ViTEncoderSpec(pretrained=gone)
+
+
+def test_a_model_name_in_the_local_cache_is_accepted(tmp_path: Path, monkeypatch: Any) -> None:
+    snapshot = tmp_path / "models--modaloom-tests--tiny-vit" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert ViTEncoderSpec(pretrained="modaloom-tests/tiny-vit").pretrained is not None
+    with pytest.raises(ValueError, match="is neither a local path nor a model in the Hugging"):
+        ViTEncoderSpec(pretrained="modaloom-tests/other-vit")
 
 
 def test_a_random_init_takes_defaults_then_config_then_fixed_fields() -> None:

@@ -190,3 +190,14 @@ def test_a_directory_without_tokenizer_files_is_not_a_tokenizer(tmp_path: Path) 
         "spec is invalid (1 problem):\n  data.text.tokenizer: cannot load a tokenizer from "
         f"{tmp_path}: it has none of tokenizer.json, tokenizer_config.json, vocab.txt"
     )
+
+
+def test_a_tokenizer_path_that_does_not_exist_is_refused_when_the_spec_loads(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "tokenizer"
+    with pytest.raises(SpecError) as info:
+        clip_tiny(**{"data.text.tokenizer": str(missing)})
+    assert str(info.value) == (
+        f"clip-tiny is invalid (1 problem):\n  data.text.tokenizer: {str(missing)!r} does not exist"
+    )
