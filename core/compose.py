@@ -33,7 +33,8 @@ def building(path: str) -> Iterator[None]:
     except ModaloomError:
         raise
     except Exception as exc:
-        reason = " ".join(str(exc).split()) or "(no message)"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0][:300] if lines else "(no message)"  # torch appends a C++ trace
         raise SpecError([(path, f"cannot be built: {type(exc).__name__}: {reason}")]) from exc
 
 

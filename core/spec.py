@@ -21,7 +21,7 @@ from modaloom.core.spec_models import (
     ObjectiveSpec,
     SourceSpec,
 )
-from modaloom.core.spec_yaml import check_size, non_finite, parse_yaml, read_spec_file
+from modaloom.core.spec_yaml import check_size, number_problems, parse_yaml, read_spec_file
 
 _KIND_OF_SECTION: dict[str, str] = {
     "components": "encoder or decoder",
@@ -273,15 +273,14 @@ def validate_tree(
 ) -> ExperimentSpec:
     """Validate a resolved mapping into an `ExperimentSpec`, raising `SpecError`.
 
-    Infinite and NaN numbers are refused anywhere in the tree (``lr: .inf``, a component's
-    ``config``); validators find the registry in the validation context.
+    Infinite and NaN numbers and integers beyond 64 bits are refused anywhere in the tree
+    (``lr: .inf``, a component's ``config``); validators find the registry in the validation
+    context.
     """
     check_size(tree, source)
-    infinite = [
-        (path, f"{value} is not a finite number; give one") for path, value in non_finite(tree)
-    ]
-    if infinite:
-        raise SpecError(infinite, source=source)
+    numbers = number_problems(tree)
+    if numbers:
+        raise SpecError(numbers, source=source)
     spec_class = build_spec_class(registry)
     try:
         return spec_class.model_validate(tree, context={"registry": registry})

@@ -21,6 +21,8 @@ MAX_DEPTH = 64
 """Deepest nesting of mappings and lists a spec may have (the presets use 7)."""
 MAX_NODES = 100_000
 """Most values a spec may hold once YAML aliases are expanded (the presets hold a few hundred)."""
+MAX_INT = 2**63 - 1
+"""Largest integer (in magnitude) a spec may hold."""
 
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -166,14 +168,17 @@ def check_size(tree: Any, origin: str) -> None:
             stack.extend((value, depth + 1) for value in node)
 
 
-def non_finite(tree: Any) -> list[tuple[str, float]]:
-    """(dotted path, value) of every infinite or NaN float in a tree checked by `check_size`."""
-    found: list[tuple[str, float]] = []
+def number_problems(tree: Any) -> list[tuple[str, str]]:
+    """(dotted path, message) of every infinite or NaN float and every integer beyond 64 bits
+    in a tree checked by `check_size` (no spec value needs them; libraries fail on them)."""
+    found: list[tuple[str, str]] = []
     stack: list[tuple[Any, str]] = [(tree, "")]
     while stack:
         node, path = stack.pop()
         if isinstance(node, float) and not math.isfinite(node):
-            found.append((path, node))
+            found.append((path, f"{node} is not a finite number; give one"))
+        elif isinstance(node, int) and not -MAX_INT <= node <= MAX_INT:
+            found.append((path, f"{node} is too large; integers in a spec fit in 64 bits"))
         elif isinstance(node, Mapping):
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
         elif isinstance(node, list | tuple):

@@ -305,6 +305,11 @@ def test_bad_yaml_in_a_set_value(capsys: pytest.CaptureFixture[str]) -> None:
             "model.components.text.config.layer_norm_eps",
             "nan is not a finite number; give one",
         ),
+        (
+            "model.objectives.0.embed_dim=18446744073709551616",
+            "model.objectives.0.embed_dim",
+            "18446744073709551616 is too large; integers in a spec fit in 64 bits",
+        ),
     ],
 )
 def test_out_of_range_and_non_finite_numbers(
