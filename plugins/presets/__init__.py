@@ -6,17 +6,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.registry import Registry
+from modaloom.core.spec_yaml import read_spec_file
 
 PRESET_DIR = Path(__file__).parent
 
 
 def read_preset(path: Path) -> dict[str, Any]:
-    """Parse one preset file."""
-    return dict(yaml.safe_load(path.read_text()))
+    """Parse one preset file as strictly as a user's spec (no duplicate keys: `read_spec_file`)."""
+    return read_spec_file(path)
 
 
 def register_preset_dir(registry: Registry, directory: Path) -> None:
