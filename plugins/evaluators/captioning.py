@@ -1,23 +1,19 @@
-"""Captioning evaluator: generate a caption per sample, score it with the COCO caption metrics.
+"""Captioning evaluator: generate a caption per item, score it with the COCO caption metrics
+(BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE: `modaloom.core.caption_metrics`).
 
-Metrics come from pycocoevalcap (``pip install modaloom[eval]``): BLEU-4, CIDEr (CIDEr-D as
-in the COCO toolkit; its IDF is computed over the evaluated references, so it needs varied
-captions) and ROUGE-L, plus METEOR when a ``java`` binary is on PATH. The COCO toolkit's
-``PTBTokenizer`` needs Java too, so captions are tokenized here instead (`tokenize_caption`:
-lowercase, punctuation removed, whitespace split), which matches it on plain English captions.
+An item's references are the strings of its samples' ``text`` field (a caption or a list, COCO's
+5); samples sharing an ``item`` field value (one manifest line per caption) are one item,
+captioned once.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import re
-import shutil
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
+from modaloom.core.caption_metrics import caption_metrics, tokenize_caption
 from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator, eval_spec_error
@@ -33,7 +29,14 @@ from modaloom.core.spec_models import (
     objective_reference,
 )
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CaptioningEvaluator",
+    "CaptioningSpec",
+    "caption_metrics",
+    "caption_references",
+    "text_generator",
+    "tokenize_caption",
+]
 
 
 def text_generator(ctx: EvalContext, name: str | None, for_qa: bool) -> TextGenerator:
@@ -58,11 +61,6 @@ def condition_of(objective: TextGenerator, group: Group | None) -> list[str]:
     return objective.default_condition if group is None else group_members(group)
 
 
-def tokenize_caption(text: str) -> str:
-    """Lowercase, punctuation replaced by spaces, whitespace collapsed (PTBTokenizer-like)."""
-    return " ".join(re.sub(r"[^\w\s]|_", " ", text.lower()).split())
-
-
 def caption_references(meta: dict[str, Any], field: str = "text") -> list[str]:
     """A sample's reference captions: the string or strings in ``meta[field]``."""
     value = meta.get(field)
@@ -70,59 +68,26 @@ def caption_references(meta: dict[str, Any], field: str = "text") -> list[str]:
     return [v for v in values if isinstance(v, str)]
 
 
-@functools.cache
-def _warn_no_meteor(reason: str) -> None:
-    log.warning("captioning: METEOR left out (%s)", reason)
+def item_of(key: str, meta: dict[str, Any], field: str = "item") -> str:
+    """A sample's item identity: its ``field`` value (e.g. the COCO image id shared by the
+    lines of its 5 captions) or, without one, its key."""
+    value = meta.get(field)
+    return key if value is None else str(value)
 
 
-def meteor_score(
-    references: dict[int, list[str]], candidates: dict[int, list[str]]
-) -> float | None:
-    """Corpus METEOR through pycocoevalcap's Java scorer; ``None`` (warned once) without Java."""
-    if shutil.which("java") is None:
-        _warn_no_meteor("no java on PATH")
-        return None
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    try:
-        scorer = Meteor()
-        score, _ = scorer.compute_score(references, candidates)
-    except (OSError, ValueError) as exc:
-        _warn_no_meteor(f"the Java scorer failed: {exc}")
-        return None
-    return float(score)
-
-
-def caption_metrics(
-    references: dict[int, list[str]], candidates: dict[int, str], meteor: bool = True
-) -> dict[str, float]:
-    """BLEU-4, CIDEr, ROUGE-L (and METEOR) of candidates against references.
-
-    Args:
-        references: per sample id, one or more reference captions.
-        candidates: per sample id (the same ids), the generated caption.
-        meteor: also compute METEOR when Java is available.
-
-    Returns:
-        ``{"bleu4", "cider", "rouge_l"[, "meteor"]}`` as floats (CIDEr on its 0..10 scale).
-    """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    refs = {i: [tokenize_caption(r) for r in captions] for i, captions in references.items()}
-    cands = {i: [tokenize_caption(candidates[i])] for i in references}
-    bleu, _ = Bleu(4).compute_score(refs, cands, verbose=0)
-    metrics = {
-        "bleu4": float(bleu[3]),
-        "cider": float(Cider().compute_score(refs, cands)[0]),
-        "rouge_l": float(Rouge().compute_score(refs, cands)[0]),
-    }
-    if meteor:
-        score = meteor_score(refs, cands)
-        if score is not None:
-            metrics["meteor"] = score
-    return metrics
+def merge_items(
+    captioned: list[tuple[str, str, list[str], str]],
+) -> list[tuple[str, list[str], str]]:
+    """``(item, key, references, generated)`` rows -> one ``(key, references, generated)`` per
+    item, in first-seen order: the first sample's key and caption, every sample's references
+    (repeats dropped)."""
+    merged: dict[str, tuple[str, list[str], str]] = {}
+    for item, key, refs, text in captioned:
+        if item not in merged:
+            merged[item] = (key, [], text)
+        known = merged[item][1]
+        known += [ref for ref in refs if ref not in known]
+    return list(merged.values())
 
 
 class CaptioningSpec(EvaluatorSpec):
@@ -146,6 +111,12 @@ class CaptioningSpec(EvaluatorSpec):
     """How many (key, generated, reference) examples to keep in ``evaluator.examples``."""
     meteor: bool = True
     """Compute METEOR when Java is available (it starts a JVM: a few seconds)."""
+    spice: bool = True
+    """Compute SPICE when Java and Stanford CoreNLP's jars are available (a JVM with 8 GB
+    heap; slow)."""
+    item_field: str = "item"
+    """Samples with the same value of this field are one item (their captions pooled as
+    references, captioned once); without the field each sample is its own item."""
 
     def references(self) -> list[Reference]:
         """``objective`` names an objective, ``group`` components."""
@@ -156,7 +127,8 @@ class CaptioningSpec(EvaluatorSpec):
 
 
 class CaptioningEvaluator(Evaluator):
-    """``<name>.bleu4``, ``.cider``, ``.rouge_l`` (``.meteor``); examples in ``self.examples``.
+    """``<name>.bleu1`` .. ``.bleu4``, ``.rouge_l``, ``.cider`` (``.meteor``, ``.spice``);
+    examples in ``self.examples``.
 
     Samples without a reference caption or without the condition's components are skipped.
     """
@@ -186,20 +158,26 @@ class CaptioningEvaluator(Evaluator):
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
         objective = text_generator(ctx, cfg.objective, for_qa=False)
-        references: dict[int, list[str]] = {}
-        candidates: dict[int, str] = {}
 
-        def caption_batch(batch: Batch) -> list[tuple[str, list[str], str]]:
-            refs = [caption_references(meta) for meta in batch["__meta__"]]
+        def caption_batch(batch: Batch) -> list[tuple[str, str, list[str], str]]:
+            keys, metas = batch["__keys__"], batch["__meta__"]
+            items = [item_of(key, meta, cfg.item_field) for key, meta in zip(keys, metas)]
+            refs = [caption_references(meta) for meta in metas]
             features = ctx.features(batch)
-            present = present_rows(features, condition_of(objective, cfg.group))
-            rows = [row for row in present.tolist() if refs[row]]
-            if not rows:
-                return []
-            texts = self.captions(ctx, objective, features, rows)
-            return [(batch["__keys__"][row], refs[row], text) for row, text in zip(rows, texts)]
+            present = present_rows(features, condition_of(objective, cfg.group)).tolist()
+            usable = [row for row in present if refs[row]]
+            first: dict[str, int] = {}
+            for row in usable:
+                first.setdefault(items[row], row)
+            rows = list(first.values())  # one caption per item of the batch
+            texts = self.captions(ctx, objective, features, rows) if rows else []
+            generated = dict(zip(rows, texts, strict=True))
+            return [
+                (items[row], keys[row], refs[row], generated[first[items[row]]]) for row in usable
+            ]
 
-        captioned = [item for part in ctx.map_batches(caption_batch) for item in part]
+        rows = [row for part in ctx.map_batches(caption_batch) for row in part]
+        captioned = merge_items(rows)
         references = {index: refs for index, (_, refs, _) in enumerate(captioned)}
         candidates = {index: text for index, (_, _, text) in enumerate(captioned)}
         self.examples = [
@@ -208,7 +186,7 @@ class CaptioningEvaluator(Evaluator):
         ]
         if not references:
             raise SpecError([("eval", f"{cfg.name}: no sample has a caption and its condition")])
-        metrics = caption_metrics(references, candidates, cfg.meteor)
+        metrics = caption_metrics(references, candidates, cfg.meteor, cfg.spice)
         return {f"{cfg.name}.{key}": value for key, value in metrics.items()}
 
 
@@ -218,5 +196,5 @@ def modaloom_register_evaluators(registry: Registry) -> None:
     registry.add_evaluator(
         CaptioningEvaluator,
         CaptioningSpec,
-        description="greedy/beam captions scored with BLEU-4, CIDEr, ROUGE-L (METEOR with Java)",
+        description="greedy/beam captions: BLEU-1..4, ROUGE-L, CIDEr-D (METEOR, SPICE with Java)",
     )

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from modaloom.core import caption_metrics as scorers
 from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import SampleDecoder
 from modaloom.core.errors import SpecError
@@ -26,6 +27,8 @@ from modaloom.plugins.evaluators.captioning import (
     CaptioningSpec,
     caption_metrics,
     caption_references,
+    item_of,
+    merge_items,
     tokenize_caption,
 )
 from modaloom.plugins.sources.jsonl import JsonlSource, JsonlSpec
@@ -44,20 +47,22 @@ def test_tokenize_caption_lowercases_and_strips_punctuation() -> None:
 
 def test_identical_captions_score_high_and_disjoint_ones_zero() -> None:
     references = {i: [c] for i, c in CAPTIONS.items()}
-    same = caption_metrics(references, dict(CAPTIONS), meteor=False)
-    assert set(same) == {"bleu4", "cider", "rouge_l"}
+    same = caption_metrics(references, dict(CAPTIONS), meteor=False, spice=False)
+    assert set(same) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l"}
     assert same["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert same["bleu1"] == pytest.approx(1.0, abs=1e-6)
     assert same["rouge_l"] == pytest.approx(1.0)
     assert same["cider"] > 5.0  # CIDEr-D's 0..10 scale (Gaussian length penalty, clipping)
     disjoint = {i: "zebra umbrella quantum violin" for i in CAPTIONS}
-    other = caption_metrics(references, disjoint, meteor=False)
+    other = caption_metrics(references, disjoint, meteor=False, spice=False)
     assert other["bleu4"] == pytest.approx(0.0, abs=1e-6)
     assert other["cider"] == 0.0 and other["rouge_l"] == 0.0
 
 
 def test_rouge_l_and_bleu_by_hand_with_several_references() -> None:
     references = {0: ["a big red square", "something else entirely"], 1: ["a blue circle"]}
-    metrics = caption_metrics(references, {0: "A red square.", 1: "a blue circle"}, meteor=False)
+    candidates = {0: "A red square.", 1: "a blue circle"}
+    metrics = caption_metrics(references, candidates, meteor=False, spice=False)
     # sample 0: LCS 3, P = 1, R = 3/4; F = (1 + 1.2^2) P R / (R + 1.2^2 P); sample 1: 1.
     f = (1 + 1.44) * 0.75 / (0.75 + 1.44)
     assert metrics["rouge_l"] == pytest.approx((f + 1.0) / 2)
@@ -65,20 +70,42 @@ def test_rouge_l_and_bleu_by_hand_with_several_references() -> None:
     # pycocoevalcap smooths to 1e-15 / 1e-9; closest reference lengths 3 + 3 = 6 words: no
     # brevity penalty. BLEU-4 is their geometric mean.
     assert metrics["bleu4"] == pytest.approx((1.0 * 0.75 * 0.5 * 1e-6) ** 0.25, rel=1e-4)
+    assert metrics["bleu1"] == pytest.approx(1.0)
+    assert metrics["bleu2"] == pytest.approx(0.75**0.5)
+    assert metrics["bleu3"] == pytest.approx((0.75 * 0.5) ** (1 / 3))
 
 
-def test_meteor_is_left_out_with_a_single_warning_without_java(
+def test_java_metrics_are_left_out_with_a_single_notice_without_java(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(captioning.shutil, "which", lambda name: None)
-    captioning._warn_no_meteor.cache_clear()
+    monkeypatch.setattr(scorers.shutil, "which", lambda name: None)
+    scorers.notice.cache_clear()
     references = {i: [c] for i, c in CAPTIONS.items()}
-    with caplog.at_level(logging.WARNING, logger="modaloom.plugins.evaluators.captioning"):
+    with caplog.at_level(logging.WARNING, logger="modaloom.core.caption_metrics"):
         for _ in range(2):
-            assert "meteor" not in caption_metrics(references, dict(CAPTIONS))
+            metrics = caption_metrics(references, dict(CAPTIONS))
+            assert "meteor" not in metrics and "spice" not in metrics and "cider" in metrics
     assert [r.getMessage() for r in caplog.records] == [
-        "captioning: METEOR left out (no java on PATH)"
+        "captioning: METEOR left out (no java on PATH)",
+        "captioning: SPICE left out (no java on PATH)",
     ]
+    scorers.notice.cache_clear()
+
+
+def test_spice_is_left_out_without_corenlp_and_never_downloads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(scorers.shutil, "which", lambda name: "/usr/bin/java")
+    spec = SimpleNamespace(origin=str(tmp_path / "spice.py"))
+    monkeypatch.setattr(scorers.importlib.util, "find_spec", lambda name: spec)
+    scorers.notice.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="modaloom.core.caption_metrics"):
+        assert scorers.java_score("spice", {0: ["a dog"]}, {0: ["a dog"]}) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"captioning: SPICE left out (Stanford CoreNLP jars not installed in {tmp_path / 'lib'} "
+        "(SPICE downloads them on first use))"
+    ]
+    scorers.notice.cache_clear()
 
 
 def test_references_are_the_caption_strings() -> None:
@@ -86,6 +113,20 @@ def test_references_are_the_caption_strings() -> None:
     assert caption_references({"text": ["a dog", "a puppy"]}) == ["a dog", "a puppy"]
     assert caption_references({"text": [{"question": "q", "answer": "a"}]}) == []
     assert caption_references({}) == []
+
+
+def test_items_pool_their_references() -> None:
+    assert item_of("k1", {"item": 7}) == "7"
+    assert item_of("k1", {}) == "k1"
+    rows = [
+        ("img1", "k1", ["a dog"], "a dog runs"),
+        ("img2", "k2", ["a cat"], "a cat"),
+        ("img1", "k3", ["a puppy", "a dog"], "a dog runs"),
+    ]
+    assert merge_items(rows) == [
+        ("k1", ["a dog", "a puppy"], "a dog runs"),
+        ("k2", ["a cat"], "a cat"),
+    ]
 
 
 def test_spec_accepts_an_mgc_group(registry: Registry) -> None:
@@ -164,7 +205,9 @@ def test_trained_mgc_captions_unseen_shapes(
     }
     model = build_valor_like(registry, processors).eval()
     ctx = EvalContext(model, processors, JsonlSource(JsonlSpec(path=str(test))), batch_size=32)
-    greedy = CaptioningEvaluator(CaptioningSpec(source="test", num_beams=1, meteor=False))
+    greedy = CaptioningEvaluator(
+        CaptioningSpec(source="test", num_beams=1, meteor=False, spice=False)
+    )
     before = evaluate(greedy, ctx)
     train_steps(model, JsonlSource(JsonlSpec(path=str(train))), processors, steps=250)
     after = evaluate(greedy, ctx)
@@ -172,12 +215,48 @@ def test_trained_mgc_captions_unseen_shapes(
     assert after["captioning.cider"] > before["captioning.cider"] + 3.0
     assert after["captioning.rouge_l"] > 0.8
     beam = CaptioningEvaluator(
-        CaptioningSpec(source="test", num_beams=3, examples=2, name="beam", meteor=False)
+        CaptioningSpec(
+            source="test", num_beams=3, examples=2, name="beam", meteor=False, spice=False
+        )
     )
     metrics = evaluate(beam, ctx)
-    assert set(metrics) == {"beam.bleu4", "beam.cider", "beam.rouge_l"}
+    assert set(metrics) == {f"beam.{m}" for m in ("bleu1", "bleu2", "bleu3", "bleu4")} | {
+        "beam.cider",
+        "beam.rouge_l",
+    }
     assert metrics["beam.cider"] > 3.0
     assert [set(e) for e in beam.examples] == [{"key", "generated", "reference"}] * 2
     assert beam.examples[0]["generated"].split()[0] == "a"
     with pytest.raises(SpecError, match="no objective named 'lm'"):
         CaptioningEvaluator(CaptioningSpec(source="test", objective="lm")).evaluate(ctx)
+
+
+def test_lines_of_one_item_are_captioned_once_against_all_their_references(
+    registry: Registry, shapes_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [json.loads(line) for line in shapes_manifest.read_text().splitlines()[:4]]
+    records = [
+        {"image": str(shapes_manifest.parent / r["image"]), "text": text, "item": f"img{i}"}
+        for i, r in enumerate(lines)
+        for text in (r["text"], f"{r['text']} on white")
+    ]
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    processors: dict[str, Processor] = {
+        "text": TextProcessor(train_wordpiece([r["text"] for r in records], 60), max_length=12),
+        "image": ImageProcessor(ImageSpec(size=32, flip=False, scale=(1.0, 1.0))),
+    }
+    model = build_valor_like(registry, processors).eval()
+    ctx = EvalContext(model, processors, JsonlSource(JsonlSpec(path=str(manifest))), 3)
+    seen: list[tuple[dict, dict]] = []
+
+    def recording(references, candidates, meteor, spice):  # type: ignore[no-untyped-def]
+        seen.append((references, candidates))
+        return {"cider": 0.0}
+
+    monkeypatch.setattr(captioning, "caption_metrics", recording)
+    spec = CaptioningSpec(source="test", num_beams=1, max_length=4)
+    assert evaluate(CaptioningEvaluator(spec), ctx) == {"captioning.cider": 0.0}
+    ((references, candidates),) = seen
+    assert list(references.values()) == [[r["text"], f"{r['text']} on white"] for r in lines]
+    assert len(candidates) == 4
