@@ -1,4 +1,16 @@
-"""Retrieval evaluator: R@1/5/10 and median rank in both directions, computed in chunks."""
+"""Retrieval evaluator: R@1/5/10, median and mean rank in both directions, computed in chunks.
+
+The protocol of the papers' tables (`modaloom.core.metrics`): with N captions per item (COCO,
+Flickr30K: 5; MSR-VTT 1k-A: 1), text-to-visual ranks each caption against the items (its only
+positive is its item) and visual-to-text ranks each item against all captions (a hit at K when
+any of its captions is in the top K). Items and captions are laid out by
+`modaloom.plugins.evaluators.retrieval_gallery`. Ranks are computed ``chunk_size`` queries at a
+time, so memory stays at chunk x gallery size whatever the number of queries.
+
+Metrics, for the forward name (``t2v``) and the backward one (``v2t``):
+``retrieval.<dir>.r1 .r5 .r10 .medr .meanr .rmean`` and ``retrieval.<forward>.rsum`` (both
+directions' R@1/5/10 summed: the papers' RSUM / 100, as recalls are fractions here).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +20,18 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from modaloom.core.compose import FeatureCache
-from modaloom.core.evaluation import EvalContext, Evaluator, concat_sides
+from modaloom.core.evaluation import EvalContext, Evaluator, eval_spec_error
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Batch, Objective
+from modaloom.core.interfaces import Objective
+from modaloom.core.metrics import (
+    Matches,
+    ScoreRows,
+    chunked_ranks,
+    column_logsumexp,
+    dual_softmax,
+    recall_metrics,
+    summarize,
+)
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import (
     EvaluatorSpec,
@@ -19,8 +39,14 @@ from modaloom.core.spec_models import (
     component_references,
     objective_reference,
 )
-
-RECALL_AT = (1, 5, 10)
+from modaloom.plugins.evaluators.retrieval_gallery import (
+    Gallery,
+    GalleryBuilder,
+    GalleryConfig,
+    Side,
+    encode_batch,
+)
+from modaloom.plugins.evaluators.retrieval_rerank import sharded_reranks
 
 
 class RetrievalSpec(EvaluatorSpec):
@@ -44,8 +70,18 @@ class RetrievalSpec(EvaluatorSpec):
     a single visual target component."""
     rerank_k: int = Field(16, gt=0)
     """Candidates per query re-scored by ITM."""
-    match_by: Literal["text", "key"] = "text"
-    """``text``: samples sharing a caption count as correct matches; ``key``: only the pair."""
+    match_by: Literal["text", "item"] = "text"
+    """``item``: a caption's only positive is its item (the papers' protocol); ``text``: also
+    every item with an identical caption (digits-av, whose captions repeat across clips)."""
+    item_field: str = "item"
+    """Samples with the same value of this field are one item (e.g. one manifest line per COCO
+    caption, all with the image id); without the field each sample is its own item."""
+    text_field: str = "text"
+    """The sample field holding the captions (a string or a list: COCO's 5)."""
+    dsl: bool = False
+    """Dual-softmax re-scoring (CAMoE) of the first-stage scores in both directions."""
+    dsl_temperature: float = Field(0.01, gt=0.0)
+    """Softmax temperature of `dsl` (0.01 suits cosine similarities)."""
 
     def references(self) -> list[Reference]:
         """``query`` and ``target`` name components, ``objective`` an objective, ``rerank`` an
@@ -63,45 +99,78 @@ def initials(components: list[str]) -> str:
     return "".join(name[0] for name in components)
 
 
-def group_ids(values: list[str]) -> Tensor:
-    """Equal strings get equal integer ids, (N,)."""
-    table: dict[str, int] = {}
-    return torch.tensor([table.setdefault(value, len(table)) for value in values])
-
-
-def best_correct_ranks(
-    objective: Objective,
-    queries: dict[str, Tensor],
-    targets: dict[str, Tensor],
-    query_groups: Tensor,
-    target_groups: Tensor,
-    chunk_size: int,
-) -> Tensor:
-    """0-based rank of the best-scored correct target for each query, (Q,).
-
-    Scores are computed ``chunk_size`` queries at a time, so peak memory is chunk x T.
-    """
-    ranks = []
-    total = len(query_groups)
-    for start in range(0, total, chunk_size):
-        stop = min(start + chunk_size, total)
-        chunk = {key: value[start:stop] for key, value in queries.items()}
-        scores = objective.retrieval_scores(chunk, targets).float()  # (q, T)
-        correct = query_groups[start:stop, None] == target_groups[None, :]
-        best = scores.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
-        ranks.append((scores > best).sum(dim=1))
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
-
-
 def rank_metrics(prefix: str, ranks: Tensor) -> dict[str, float]:
-    """R@K (fractions in 0..1) and the median rank (1-based)."""
-    metrics = {f"{prefix}.r{k}": float((ranks < k).float().mean()) for k in RECALL_AT}
-    metrics[f"{prefix}.medr"] = float((ranks + 1).float().median())
+    """``<prefix>.r1 .r5 .r10 .medr .meanr`` of 1-based ranks (R@K in 0..1)."""
+    return {f"{prefix}.{key}": value for key, value in recall_metrics(ranks).items()}
+
+
+def both_directions(forward: str, backward: str, ranks: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    """`rank_metrics` of both directions plus each one's ``rmean`` and their ``rsum``."""
+    first, second = recall_metrics(ranks[0]), recall_metrics(ranks[1])
+    first["rmean"], second["rmean"], rsum = summarize(first, second)
+    metrics = {f"retrieval.{forward}.{key}": value for key, value in first.items()}
+    metrics.update({f"retrieval.{backward}.{key}": value for key, value in second.items()})
+    metrics[f"retrieval.{forward}.rsum"] = rsum
     return metrics
 
 
+def side_rows(side: Side, start: int, stop: int) -> Side:
+    """Rows ``start..stop`` of a side."""
+    return {key: value[start:stop] for key, value in side.items()}
+
+
+def dsl_rows(
+    ctx: EvalContext, scores: ScoreRows, total: int, chunk_size: int, temperature: float
+) -> ScoreRows:
+    """``scores`` re-scored by `dual_softmax`, its normaliser summed over every process's shard
+    of the ``total`` queries."""
+
+    def normaliser(start: int, stop: int) -> Tensor | None:
+        return column_logsumexp(scores, range(start, stop), chunk_size, temperature)
+
+    parts = [part for part in ctx.map_shards(total, normaliser) if part is not None]
+    lse = torch.stack(parts).logsumexp(dim=0)
+    return lambda start, stop: dual_softmax(scores(start, stop), lse, temperature)
+
+
+def sharded_ranks(
+    ctx: EvalContext,
+    scorer: Objective,
+    sides: tuple[Side, Side],
+    matches: Matches,
+    chunk_size: int,
+    dsl_temperature: float | None = None,
+) -> Tensor:
+    """1-based rank of every query's best positive, each process ranking its shard of the
+    queries ``chunk_size`` at a time.
+
+    Args:
+        ctx: the evaluation context (sharding).
+        scorer: scores queries against targets (`Objective.retrieval_scores`).
+        sides: ``(queries, targets)``.
+        matches: the positives of each query.
+        chunk_size: queries scored at once.
+        dsl_temperature: re-score with `dual_softmax` at this temperature; ``None``: no DSL.
+    """
+    queries, targets = sides
+
+    def scores(start: int, stop: int) -> Tensor:
+        return scorer.retrieval_scores(side_rows(queries, start, stop), targets)
+
+    rows = (
+        scores
+        if dsl_temperature is None
+        else dsl_rows(ctx, scores, len(matches), chunk_size, dsl_temperature)
+    )
+
+    def shard(start: int, stop: int) -> Tensor:
+        return chunked_ranks(rows, matches.rows, range(start, stop), chunk_size)
+
+    return torch.cat(ctx.map_shards(len(matches), shard))
+
+
 class RetrievalEvaluator(Evaluator):
-    """Embeds every sample's query and target sides once, then ranks in chunks."""
+    """Embeds every item and caption once, then ranks in chunks."""
 
     def __init__(self, config: RetrievalSpec, examples: int = 5) -> None:
         self.config = config
@@ -109,199 +178,69 @@ class RetrievalEvaluator(Evaluator):
         self.examples: list[dict[str, object]] = []
         """After `evaluate`: the first queries with their top-ranked target (for reports)."""
 
-    def keep_examples(
-        self,
-        objective: Objective,
-        queries: dict[str, Tensor],
-        targets: dict[str, Tensor],
-        ids: Tensor,
-        texts: list[str],
-        keys: list[str],
-    ) -> None:
+    def keep_examples(self, objective: Objective, gallery: Gallery) -> None:
         """Record the best target of the first few queries."""
-        count = min(self.num_examples, len(ids))
-        head = {key: value[:count] for key, value in queries.items()}
-        best = objective.retrieval_scores(head, targets).argmax(dim=1).tolist()
+        count = min(self.num_examples, len(gallery.matches))
+        head = side_rows(gallery.query, 0, count)
+        best = objective.retrieval_scores(head, gallery.target).argmax(dim=1).tolist()
+        correct = gallery.matches.rows(0, count)
         self.examples = [
             {
-                "query": texts[i],
-                "retrieved": keys[j],
-                "retrieved_text": texts[j],
-                "correct": bool(ids[i] == ids[j]),
+                "query": gallery.query_text[i],
+                "retrieved": gallery.target_key[j],
+                "retrieved_text": gallery.target_text[j],
+                "correct": bool(correct[i, j]),
             }
             for i, j in enumerate(best)
         ]
 
-    def encode(
-        self, ctx: EvalContext, objective: Objective, itm: Any, batch: Batch
-    ) -> dict[str, Any]:
-        """One batch's query and target sides (and ITM inputs), on the CPU, with its captions
-        and keys."""
+    def gallery(self, ctx: EvalContext, objective: Objective, itm: Any) -> Gallery:
+        """Every batch's sides, items and captions, joined."""
         cfg = self.config
-        features = ctx.features(batch)
-        query = objective.retrieval_side(tuple(cfg.query), features)
-        target = objective.retrieval_side(tuple(cfg.target), features)
-        assert query is not None and target is not None
-        record: dict[str, Any] = {
-            "query": {k: v.cpu() for k, v in query.items()},
-            "target": {k: v.cpu() for k, v in target.items()},
-            "pairs": rerank_inputs(itm, features) if itm is not None else None,
-            "groups": [],
-            "texts": [],
-            "keys": list(batch["__keys__"]),
-        }
-        for key, meta in zip(batch["__keys__"], batch["__meta__"], strict=True):
-            text = meta.get("text")
-            if isinstance(text, list | tuple):  # the eval processors use the first caption
-                text = text[0] if text else None
-            by_text = cfg.match_by == "text" and text is not None
-            record["groups"].append(str(text) if by_text else key)
-            record["texts"].append(str(text))
-        return record
+        layout = GalleryConfig(tuple(cfg.query), tuple(cfg.target), cfg.text_field, cfg.item_field)
+        records = ctx.map_batches(lambda batch: encode_batch(ctx, layout, objective, batch, itm))
+        builder = GalleryBuilder(by_text=cfg.match_by == "text")
+        for record in records:
+            builder.add(record)
+        if itm is not None and builder.which != "query":
+            name = "+".join(cfg.query)
+            message = f"retrieval: rerank needs the text component as the query (got {name})"
+            raise eval_spec_error(message)
+        return builder.gallery()
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg = self.config
         objective = ctx.objective(cfg.objective, [tuple(cfg.query), tuple(cfg.target)])
         itm = ctx.objective(cfg.rerank, []) if cfg.rerank is not None else None
-        records = ctx.map_batches(lambda batch: self.encode(ctx, objective, itm, batch))
-        ids = group_ids([group for record in records for group in record["groups"]])
-        texts = [text for record in records for text in record["texts"]]
-        keys = [key for record in records for key in record["keys"]]
-        gallery_q = concat_sides([record["query"] for record in records])
-        gallery_t = concat_sides([record["target"] for record in records])
-
-        self.keep_examples(objective, gallery_q, gallery_t, ids, texts, keys)
+        gallery = self.gallery(ctx, objective, itm)
+        self.keep_examples(objective, gallery)
         forward = cfg.name or f"{initials(cfg.query)}2{initials(cfg.target)}"
         backward = "2".join(reversed(forward.split("2", 1)))
         swapped = _Swapped(objective)
-        metrics = rank_metrics(
-            f"retrieval.{forward}",
-            sharded_ranks(ctx, objective, gallery_q, gallery_t, ids, cfg.chunk_size),
+        sides = (gallery.query, gallery.target)
+        reverse = (gallery.target, gallery.query)
+        temperature = cfg.dsl_temperature if cfg.dsl else None
+        ranks = (
+            sharded_ranks(ctx, objective, sides, gallery.matches, cfg.chunk_size, temperature),
+            sharded_ranks(
+                ctx, swapped, reverse, gallery.matches.transposed(), cfg.chunk_size, temperature
+            ),
         )
-        metrics.update(
-            rank_metrics(
-                f"retrieval.{backward}",
-                sharded_ranks(ctx, swapped, gallery_t, gallery_q, ids, cfg.chunk_size),
-            )
-        )
+        metrics = both_directions(forward, backward, ranks)
         if itm is not None:
-            pairs = concat_sides([record["pairs"] for record in records])
-
-            for name, text_query in ((forward, True), (backward, False)):
-                scorer, queries, targets = (
-                    (objective, gallery_q, gallery_t)
-                    if text_query
-                    else (swapped, gallery_t, gallery_q)
-                )
-                gallery = (queries, targets, pairs, ids)
-                ranks = sharded_reranks(ctx, itm, scorer, gallery, cfg.rerank_k, text_query)
-                metrics.update(rank_metrics(f"retrieval.{name}_itm", ranks))
+            assert gallery.texts is not None and gallery.visuals is not None
+            inputs = (gallery.texts, gallery.visuals)
+            reranked = (
+                sharded_reranks(
+                    ctx, itm, objective, sides, inputs, gallery.matches, cfg.rerank_k, True
+                ),
+                sharded_reranks(
+                    ctx, itm, swapped, reverse, inputs, gallery.matches.transposed(),
+                    cfg.rerank_k, False,
+                ),
+            )  # fmt: skip
+            metrics.update(both_directions(f"{forward}_itm", f"{backward}_itm", reranked))
         return metrics
-
-
-def sharded_ranks(
-    ctx: EvalContext,
-    objective: Objective,
-    queries: dict[str, Tensor],
-    targets: dict[str, Tensor],
-    groups: Tensor,
-    chunk_size: int,
-) -> Tensor:
-    """`best_correct_ranks` of every query, each rank scoring its own shard of the queries."""
-
-    def shard(start: int, stop: int) -> Tensor:
-        part = {key: value[start:stop] for key, value in queries.items()}
-        return best_correct_ranks(objective, part, targets, groups[start:stop], groups, chunk_size)
-
-    return torch.cat(ctx.map_shards(len(groups), shard))
-
-
-def sharded_reranks(
-    ctx: EvalContext,
-    itm: Any,
-    objective: Objective,
-    gallery: tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor],
-    k: int,
-    text_query: bool,
-) -> Tensor:
-    """`reranked_ranks` of every query, each rank re-scoring its own shard of the queries.
-
-    Args:
-        gallery: ``(queries, targets, pairs, groups)`` as `reranked_ranks` takes them.
-    """
-
-    def shard(start: int, stop: int) -> Tensor:
-        rows = range(start, stop)
-        return reranked_ranks(itm, ctx, objective, *gallery, k, rows, text_query)
-
-    return torch.cat(ctx.map_shards(len(gallery[3]), shard))
-
-
-def rerank_inputs(itm: Any, features: FeatureCache) -> dict[str, Tensor]:
-    """Per-sample decoder text and visual tokens an ITM objective scores, on the CPU."""
-    cfg = itm.config
-    text = features.batch[features.model.input_field(cfg.decoder, features.batch)]
-    visual = features[cfg.vision]
-    mask = (
-        visual.mask
-        if visual.mask is not None
-        else visual.sequence.new_ones(visual.sequence.shape[:2], dtype=torch.long)
-    )
-    return {
-        "input_ids": text["input_ids"].cpu(),
-        "attention_mask": text["attention_mask"].cpu(),
-        "visual": visual.sequence.cpu(),
-        "visual_mask": mask.cpu(),
-    }
-
-
-@torch.no_grad()
-def reranked_ranks(
-    itm: Any,
-    ctx: EvalContext,
-    objective: Objective,
-    queries: dict[str, Tensor],
-    targets: dict[str, Tensor],
-    pairs: dict[str, Tensor],
-    groups: Tensor,
-    k: int,
-    rows: range,
-    text_query: bool = True,
-) -> Tensor:
-    """0-based rank of the best correct target after ITM re-scoring of each query's top k.
-
-    A query whose top k holds no correct target keeps its first-stage rank (>= k).
-
-    Args:
-        rows: the queries to re-rank (a shard); the result has one rank per row, (len(rows),).
-        text_query: texts query visual targets (else visual samples query texts); ``pairs``
-            holds sample i's text and visual tokens at row i either way.
-    """
-    decoder = ctx.model.components[itm.config.decoder]
-    ranks = []
-    for index in rows:
-        query = {key: value[index : index + 1] for key, value in queries.items()}
-        first = objective.retrieval_scores(query, targets)[0].float()
-        top = first.topk(min(k, first.numel())).indices
-        correct = groups[top] == groups[index]
-        if not bool(correct.any()):
-            best_first = first.masked_fill(groups != groups[index], float("-inf")).max()
-            ranks.append(int((first > best_first).sum()))
-            continue
-        device = ctx.device
-        query_rows = torch.full_like(top, index)
-        texts, visuals = (query_rows, top) if text_query else (top, query_rows)
-        logits = itm.match_logits(
-            decoder,
-            pairs["input_ids"][texts].to(device),
-            pairs["attention_mask"][texts].to(device),
-            pairs["visual"][visuals].to(device),
-            pairs["visual_mask"][visuals].to(device),
-        )
-        score = logits.softmax(dim=1)[:, 1].cpu() + first[top]
-        best = score[correct].max()
-        ranks.append(int((score > best).sum()))
-    return torch.tensor(ranks, dtype=torch.long)
 
 
 class _Swapped(Objective):
@@ -321,5 +260,5 @@ def modaloom_register_evaluators(registry: Registry) -> None:
     registry.add_evaluator(
         RetrievalEvaluator,
         RetrievalSpec,
-        description="R@1/5/10 and median rank in both directions (chunked)",
+        description="R@1/5/10, median/mean rank in both directions, N captions per item (chunked)",
     )

@@ -43,8 +43,10 @@ def test_eval_command_writes_metrics_and_prints_table(trained, capsys) -> None: 
     assert main(args) == 0
     metrics = json.loads((run / "checkpoints" / "step-00000030" / "metrics.json").read_text())
     assert set(metrics) == {
-        f"retrieval.{d}.{m}" for d in ("t2v", "v2t") for m in ("r1", "r5", "r10", "medr")
-    }
+        f"retrieval.{d}.{m}"
+        for d in ("t2v", "v2t")
+        for m in ("r1", "r5", "r10", "medr", "meanr", "rmean")
+    } | {"retrieval.t2v.rsum"}
     assert all(0.0 <= metrics[f"retrieval.t2v.r{k}"] <= 1.0 for k in (1, 5, 10))
     assert (
         metrics["retrieval.t2v.r1"] <= metrics["retrieval.t2v.r5"] <= metrics["retrieval.t2v.r10"]
