@@ -10,11 +10,15 @@ from typing import Literal, NamedTuple, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from modaloom.core.answer_scoring import sequence_log_probs
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
 from modaloom.core.features import FeatureCache
-from modaloom.core.generation import SearchOptions, SearchTokens, decoder_step, search
+from modaloom.core.generation import SearchOptions, SearchTokens, StepFn, decoder_step, search
 from modaloom.core.interfaces import Decoder, TextCodec
+
+ANSWER_ROWS = 4096
+"""(question, candidate answer) pairs `score_answers` runs through the decoder at once."""
 
 
 class TextTokens(NamedTuple):
@@ -166,6 +170,24 @@ def decode(
     Raises:
         ValueError: ``condition`` names a component the objective has no adapter for.
     """
+    step, count, device = conditioned_step(
+        objective, features, condition, rows, prefix, prefix_mask, tail, mode
+    )
+    return search(step, count, objective.tokens.search, options, device)
+
+
+def conditioned_step(
+    objective: ConditionedGenerator,
+    features: FeatureCache,
+    condition: str | Sequence[str] | None,
+    rows: Tensor | None,
+    prefix: Tensor,
+    prefix_mask: Tensor,
+    tail: int | None,
+    mode: Literal["causal", "prefix"],
+) -> tuple[StepFn, int, torch.device]:
+    """The decoder `StepFn` of `decode` (arguments as there), with the number of samples and
+    their device."""
     names = objective.default_condition if condition is None else condition
     names = [names] if isinstance(names, str) else list(names)
     unknown = [name for name in names if name not in objective.condition.adapters]
@@ -179,8 +201,42 @@ def decode(
     prefix = prefix.to(device).expand(rows.shape[0], -1)
     lengths = prefix_mask.to(device).expand(rows.shape[0], -1).sum(dim=1)
     decoder = decoder_of(features, objective.config.decoder)
-    tokens = objective.tokens
     step = decoder_step(
-        decoder, prefix, lengths, cond, cond_mask, tail=tail, mode=mode, pad=tokens.pad
+        decoder, prefix, lengths, cond, cond_mask, tail=tail, mode=mode, pad=objective.tokens.pad
     )
-    return search(step, rows.shape[0], tokens.search, options, device)
+    return step, rows.shape[0], device
+
+
+def score_answers(
+    objective: ConditionedGenerator,
+    features: FeatureCache,
+    condition: str | Sequence[str] | None,
+    rows: Tensor,
+    prefix: tuple[Tensor, Tensor],
+    answers: tuple[Tensor, Tensor],
+    tail: int | None,
+    mode: Literal["causal", "prefix"],
+) -> Tensor:
+    """(Q, C) summed log-probabilities of every candidate answer after every question's prefix,
+    read as `decode` generates (`modaloom.core.generation.sequence_log_probs`).
+
+    Args:
+        objective, features, condition, tail, mode: as for `decode`.
+        rows: (Q,) the sample of each question.
+        prefix: ``(ids (Q, P), mask (Q, P))`` of each question's prefix.
+        answers: ``(ids (C, L), mask (C, L))`` of the candidates, each ending with [SEP].
+    """
+    step, count, device = conditioned_step(
+        objective, features, condition, rows, prefix[0], prefix[1], tail, mode
+    )
+    ids, mask = (tensor.to(device) for tensor in answers)
+    chunk = max(1, ANSWER_ROWS // max(count, 1))  # (question, answer) rows scored at once
+    parts = []
+    for start in range(0, ids.shape[0], chunk):
+        part, part_mask = ids[start : start + chunk], mask[start : start + chunk]
+        origin = torch.arange(count, device=device).repeat_interleave(part.shape[0])
+        scores = sequence_log_probs(
+            step, origin, part.repeat(count, 1), part_mask.repeat(count, 1), objective.tokens.search
+        )
+        parts.append(scores.view(count, part.shape[0]))
+    return torch.cat(parts, dim=1)

@@ -15,7 +15,8 @@ Inference (`modaloom.core.generation`): ``generate`` captions with greedy or bea
 building the condition with the same `ConditionEncoder` as training, from rows
 ``[DEC] prompt w_1..w_t`` (the last position is read). ``answer`` decodes an answer greedily
 after ``[DEC] prompt question [SEP] a_1..a_t`` (causal), which is what LM training on QA pair
-encodings teaches. Both return generated ids only (see `generation.search`).
+encodings teaches. Both return generated ids only (see `generation.search`). ``score_answers``
+reads given candidate answers the way ``answer`` decodes (answer-list QA).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from modaloom.objectives.conditioning import (
     condition_dims,
     decode,
     decoder_of,
+    score_answers,
     text_tokens,
 )
 from modaloom.objectives.losses import zero_loss_like
@@ -209,6 +211,22 @@ class LanguageModeling(Objective):
         prefix, prefix_mask = self.bos_prefix(questions, question_mask)
         options = SearchOptions(max_length=max_length)
         return decode(self, features, condition, rows, prefix, prefix_mask, None, "causal", options)
+
+    def score_answers(
+        self,
+        features: FeatureCache,
+        questions: Tensor,
+        question_mask: Tensor,
+        rows: Tensor,
+        answers: Tensor,
+        answer_mask: Tensor,
+        condition: str | Sequence[str] | None = None,
+    ) -> Tensor:
+        """(Q, C) log-likelihood of each candidate answer after ``[DEC] prompt question [SEP]``
+        (causal), as `answer` decodes (`modaloom.core.answer_scoring.AnswerScorer`)."""
+        prefix = self.bos_prefix(questions, question_mask)
+        scored = (answers, answer_mask)
+        return score_answers(self, features, condition, rows, prefix, scored, None, "causal")
 
 
 def make_lm(config: LMSpec, ctx: BuildContext) -> LanguageModeling:

@@ -22,7 +22,8 @@ is bidirectional over the question prefix and causal over the answer (``mode="pr
 Inference (`modaloom.core.generation`): ``generate`` captions from rows
 ``[CLS] w_1..w_t [MASK]`` (the [MASK] is read, causal mask); ``answer`` feeds
 ``[CLS] question [SEP] a_1..a_t [MASK]`` with the prefix mask (VALOR, no vocabulary
-restriction). Both return generated ids only (see `generation.search`).
+restriction). Both return generated ids only (see `generation.search`). ``score_answers``
+reads given candidate answers the way ``answer`` decodes (answer-list QA).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from modaloom.objectives.conditioning import (
     condition_dims,
     decode,
     decoder_of,
+    score_answers,
     text_tokens,
 )
 from modaloom.objectives.losses import zero_loss_like
@@ -224,6 +226,23 @@ class MGC(Objective):
             "prefix",
             options,
         )
+
+    def score_answers(
+        self,
+        features: FeatureCache,
+        questions: Tensor,
+        question_mask: Tensor,
+        rows: Tensor,
+        answers: Tensor,
+        answer_mask: Tensor,
+        condition: str | Sequence[str] | None = None,
+    ) -> Tensor:
+        """(Q, C) log-likelihood of each candidate answer, each token read at a [MASK] after
+        ``[CLS] question [SEP] a_<t`` as `answer` decodes
+        (`modaloom.core.answer_scoring.AnswerScorer`)."""
+        prefix, scored = (questions, question_mask), (answers, answer_mask)
+        mask = self.tokens.mask
+        return score_answers(self, features, condition, rows, prefix, scored, mask, "prefix")
 
 
 def make_mgc(config: MGCSpec, ctx: BuildContext) -> MGC:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from modaloom.core.compose import FeatureCache, LoomModel, build_model
 from modaloom.core.data import SampleDecoder
+from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext
 from modaloom.core.interfaces import Processor, RawSample
 from modaloom.core.registry import Registry
@@ -25,6 +26,7 @@ from modaloom.plugins.evaluators.qa import (
     QAEvaluator,
     QASpec,
     encode_questions,
+    load_answer_list,
     normalize_answer,
     qa_pairs,
 )
@@ -35,11 +37,24 @@ QUESTIONS = ("which color?", "which shape?")
 
 
 def test_normalize_answer_and_qa_pairs() -> None:
-    assert normalize_answer("  The Red, one! ") == "the red one"
+    assert normalize_answer("  The Red, one! ") == "red 1"  # the official VQA normalisation
     pair = {"question": "which color?", "answer": "red"}
-    assert qa_pairs(pair) == [("which color?", "red")]
-    assert qa_pairs([pair, {"question": "q"}, "junk"]) == [("which color?", "red")]
+    assert qa_pairs(pair) == [("which color?", ["red"])]
+    assert qa_pairs([pair, {"question": "q"}, "junk"]) == [("which color?", ["red"])]
+    assert qa_pairs({"question": "q", "answer": ["2", "two", None]}) == [("q", ["2", "two"])]
     assert qa_pairs(None) == []
+
+
+def test_answer_list_must_be_a_json_list_of_strings(tmp_path: Path) -> None:
+    path = tmp_path / "answers.json"
+    path.write_text('["red", "blue"]')
+    assert load_answer_list(str(path)) == ["red", "blue"]
+    for text in ("{}", "[]", "[1, 2]", "not json"):
+        path.write_text(text)
+        with pytest.raises(SpecError, match="answer_list"):
+            load_answer_list(str(path))
+    with pytest.raises(SpecError, match="cannot read answer_list"):
+        load_answer_list(str(tmp_path / "missing.json"))
 
 
 def qa_processor(texts: list[str], max_length: int = 12) -> TextProcessor:
@@ -184,3 +199,26 @@ def test_trained_mgc_answers_color_and_shape_questions(
     assert [e["question"] for e in evaluator.examples] == [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]]
     first = json.loads(test.read_text().splitlines()[0])
     assert evaluator.examples[0]["reference"] == first["qa"][0]["answer"]
+
+    answers = tmp_path / "answers.json"
+    answers.write_text(
+        json.dumps(["square", "circle", "triangle", "red", "green", "blue", "yellow", "cat"])
+    )
+    listed = QAEvaluator(QASpec(source="test", name="listed", answer_list=str(answers)))
+    with torch.no_grad():
+        chosen = listed.evaluate(ctx)
+    assert chosen["listed.accuracy"] > 0.7
+    assert {e["generated"] for e in listed.examples} <= set(json.loads(answers.read_text()))
+    # VQA accuracy with ten human answers of which three agree with the reference: 0.9 per
+    # correct answer (`vqa_accuracy`), so the mean is 0.9 x the exact-match accuracy.
+    ten = tmp_path / "ten.jsonl"
+    records = [json.loads(line) for line in test.read_text().splitlines()]
+    for record in records:
+        record["qa"] = [{**p, "answer": [p["answer"]] * 3 + ["other"] * 7} for p in record["qa"]]
+    ten.write_text("".join(json.dumps(r) + "\n" for r in records))
+    ctx_ten = EvalContext(model, processors, JsonlSource(JsonlSpec(path=str(ten))), batch_size=32)
+    vqa = QAEvaluator(QASpec(source="test", metric="vqa", answer_list=str(answers)))
+    with torch.no_grad():
+        assert vqa.evaluate(ctx_ten)["qa.accuracy"] == pytest.approx(
+            0.9 * chosen["listed.accuracy"]
+        )
