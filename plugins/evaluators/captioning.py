@@ -8,12 +8,14 @@ captioned once.
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from modaloom.core.caption_metrics import caption_metrics, tokenize_caption
+from modaloom.core.caption_metrics import caption_metrics, notice, tokenize_caption
 from modaloom.core.compose import FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext, Evaluator, eval_spec_error
@@ -90,6 +92,15 @@ def merge_items(
     return list(merged.values())
 
 
+PYCOCOEVALCAP_MISSING = (
+    "captioning is scored with pycocoevalcap, which is not installed: pip install 'modaloom[eval]'"
+)
+JAVA_MISSING = (
+    "captioning: no java on PATH, so METEOR and SPICE will be left out of the metrics (install "
+    "a Java runtime to compute them, or set meteor: false and spice: false)"
+)
+
+
 class CaptioningSpec(EvaluatorSpec):
     """Caption every sample of a source and score against its captions (``text`` field)."""
 
@@ -124,6 +135,17 @@ class CaptioningSpec(EvaluatorSpec):
             *objective_reference("objective", self.objective),
             *group_references("group", self.group),
         ]
+
+    @model_validator(mode="after")
+    def _extras_installed(self) -> CaptioningSpec:
+        """pycocoevalcap must be installed, so ``modaloom validate`` (and ``train``, before any
+        step) refuses a spec whose captioning could not be scored; without Java, METEOR and
+        SPICE are left out, which is only warned (once)."""
+        if importlib.util.find_spec("pycocoevalcap") is None:
+            raise ValueError(PYCOCOEVALCAP_MISSING)
+        if (self.meteor or self.spice) and shutil.which("java") is None:
+            notice(JAVA_MISSING)
+        return self
 
 
 class CaptioningEvaluator(Evaluator):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
@@ -19,6 +20,7 @@ from modaloom.core.errors import SpecError
 from modaloom.core.evaluation import EvalContext
 from modaloom.core.interfaces import Processor
 from modaloom.core.registry import Registry
+from modaloom.core.spec import load_spec
 from modaloom.modalities.image import ImageProcessor, ImageSpec
 from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.plugins.evaluators import captioning
@@ -260,3 +262,36 @@ def test_lines_of_one_item_are_captioned_once_against_all_their_references(
     ((references, candidates),) = seen
     assert list(references.values()) == [[r["text"], f"{r['text']} on white"] for r in lines]
     assert len(candidates) == 4
+
+
+# ------------------------------------------------------------------------------ extras
+
+
+def test_a_spec_with_captioning_needs_pycocoevalcap(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    find_spec = importlib.util.find_spec
+
+    def without_pycocoevalcap(name: str, *args: Any) -> Any:
+        return None if name == "pycocoevalcap" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_pycocoevalcap)
+    with pytest.raises(SpecError) as info:
+        load_spec("valor-tiny", registry=registry)
+    assert str(info.value) == (
+        "valor-tiny is invalid (1 problem):\n  eval.4: captioning is scored with pycocoevalcap, "
+        "which is not installed: pip install 'modaloom[eval]'"
+    )
+
+
+def test_a_spec_with_java_metrics_only_warns_without_java(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(captioning.shutil, "which", lambda name: None)
+    scorers.notice.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="modaloom.core.caption_metrics"):
+        load_spec("valor-tiny", ["eval.4.meteor=true"], registry=registry)
+        load_spec("valor-tiny", ["eval.4.meteor=true"], registry=registry)
+        load_spec("valor-tiny", registry=registry)  # meteor: false, spice: true
+    assert [r.getMessage() for r in caplog.records] == [captioning.JAVA_MISSING]
+    scorers.notice.cache_clear()
