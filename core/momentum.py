@@ -9,7 +9,7 @@ a resumed run continues with them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from modaloom.core.distributed import gather_no_grad
 
-__all__ = ["FeatureQueue", "MomentumCopy"]
+__all__ = ["FeatureQueue", "MomentumCopy", "momentum_copies_of"]
 
 _RESERVED = frozenset({"ids", "labels", "ptr", "filled"})
 
@@ -43,6 +43,15 @@ class MomentumCopy(nn.Module):
         if not online:
             raise ValueError("MomentumCopy needs at least one module to follow")
         self.copies = nn.ModuleDict({name: _frozen_copy(m) for name, m in online.items()})
+        # the online modules as given: a plain dict, so neither submodules nor saved
+        self.followed: dict[str, nn.Module] = dict(online)
+
+    @torch.no_grad()
+    def reset(self, names: Iterable[str]) -> None:
+        """Copy the online weights and buffers into the named copies (an update with m = 0),
+        as BLIP and OmniVL initialise their momentum encoders."""
+        for name in names:
+            self.copies[name].load_state_dict(self.followed[name].state_dict())
 
     def __getitem__(self, name: str) -> nn.Module:
         """The momentum copy of the module registered as ``name``."""
@@ -202,3 +211,39 @@ class FeatureQueue(nn.Module):
             buffer.index_copy_(0, index.to(buffer.device), new)
         self.ptr.copy_((self.ptr + n) % self.size)
         self.filled.copy_((self.filled + n).clamp(max=self.size))
+
+    def resized_state(self, saved: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """This queue's state holding the newest rows of a saved queue of another size.
+
+        The saved queue's real rows (``filled`` of them, the newest just before ``ptr``) are
+        written oldest first from row 0, as many as fit (the newest kept); the rows left over
+        keep this queue's initial values, and ``ptr`` / ``filled`` follow. The ids and labels
+        move with their rows.
+
+        Args:
+            saved: the saved queue's buffers by name (``a_queue``, ``ids``, ``labels``,
+                ``ptr``, ``filled``).
+
+        Returns:
+            Every buffer of this queue, by name, with this queue's shapes.
+        """
+        old_size = int(saved["ids"].shape[0])
+        count = min(int(saved["filled"]), old_size, self.size)
+        newest = (int(saved["ptr"]) - count + torch.arange(count)) % old_size  # oldest first
+        state = {key: value.detach().clone() for key, value in self.state_dict().items()}
+        for key in [f"{name}_queue" for name in self.names] + ["ids", "labels"]:
+            state[key][:count] = saved[key][newest].to(state[key])
+        state["ptr"].fill_(count % self.size)
+        state["filled"].fill_(count)
+        return state
+
+
+def momentum_copies_of(model: nn.Module, online: nn.Module) -> list[tuple[MomentumCopy, str]]:
+    """Every momentum copy in ``model`` that follows the module ``online``: (owner, name)."""
+    return [
+        (module, name)
+        for module in model.modules()
+        if isinstance(module, MomentumCopy)
+        for name, followed in module.followed.items()
+        if followed is online
+    ]

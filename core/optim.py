@@ -1,4 +1,5 @@
-"""AdamW with decay only on matrices, and warm-up + cosine/linear/constant schedules."""
+"""AdamW with decay only on matrices, and warm-up + cosine/linear/constant/constant-then-linear
+schedules."""
 
 from __future__ import annotations
 
@@ -38,13 +39,21 @@ def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.AdamW:
 
 
 def lr_factor(step: int, total: int, spec: SchedulerSpec) -> float:
-    """Multiplier of the peak learning rate after ``step`` optimizer steps."""
+    """Multiplier of the peak learning rate after ``step`` optimizer steps.
+
+    Linear warm-up to 1 over ``warmup_steps``; then ``constant`` stays at 1, ``cosine`` and
+    ``linear`` decay to ``min_lr_ratio`` at ``total``, and ``constant_then_linear`` stays at 1
+    for ``hold_steps`` more steps before decaying linearly to ``min_lr_ratio`` at ``total``.
+    """
     if step < spec.warmup_steps:
         return (step + 1) / spec.warmup_steps
     if spec.type == "constant":
         return 1.0
-    span = max(1, total - spec.warmup_steps)
-    progress = min(1.0, (step - spec.warmup_steps) / span)
+    start = spec.warmup_steps + (spec.hold_steps if spec.type == "constant_then_linear" else 0)
+    if step < start:
+        return 1.0
+    span = max(1, total - start)
+    progress = min(1.0, (step - start) / span)
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if spec.type == "cosine" else 1.0 - progress
     return spec.min_lr_ratio + (1.0 - spec.min_lr_ratio) * shape
 

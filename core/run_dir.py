@@ -40,6 +40,8 @@ from modaloom.core.errors import CheckpointError, ModaloomError, RunDirectoryErr
 log = logging.getLogger(__name__)
 
 SPEC_FILE, METRICS_FILE, CHECKPOINTS_DIR = "spec.yaml", "metrics.jsonl", "checkpoints"
+ARTIFACTS_DIR = "artifacts"
+"""What the processors learned (a trained tokenizer), in the run directory."""
 LOCK_FILE = ".modaloom.lock"
 RESUMABLE = re.compile(
     r"^(train\.(steps|stages\.\d+\.steps|log_every|eval_every|checkpoint_every|keep_last)"

@@ -20,18 +20,19 @@ from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import SampleDecoder, build_processors, build_sources
 from modaloom.core.errors import ModaloomError
 from modaloom.core.evaluation import run_evaluators, write_metrics
+from modaloom.core.init_from import InitReport, InitSource, apply_init_from, resolve_source
 from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.registry import Registry
-from modaloom.core.run_dir import CHECKPOINTS_DIR, METRICS_FILE
+from modaloom.core.run_dir import ARTIFACTS_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from modaloom.core.spec import spec_to_tree
 from modaloom.core.spec_models import ExperimentSpec, StageSpec
 from modaloom.core.stage_actions import stage_actions
+from modaloom.core.stage_data import check_stage_data, stage_processors
 from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS_DIR = "artifacts"
 FINAL_METRICS_FILE = "metrics.json"
 """Evaluator metrics of the last step (``train.eval_every``), in the run directory."""
 
@@ -99,6 +100,8 @@ class TrainingSession:
     data_state: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
     last_checkpoint: Path | None = None
+    init_report: InitReport | None = None
+    """What ``train.init_from`` loaded (a fresh fine-tuning run)."""
 
     @property
     def checkpoint_root(self) -> Path:
@@ -204,8 +207,14 @@ class TrainingSession:
                 action()
         sources, plan = self.stage_plan(index, stage, done)
         tracker = plan.copy()
-        data = self.spec.data
-        decoder = SampleDecoder(self.processors, True, data.on_error, data.cache_media)
+        data, processors = self.spec.data, self.processors
+        if stage.data:
+            assert self.registry is not None
+            artifacts = self.output_dir / ARTIFACTS_DIR
+            processors = stage_processors(
+                self.spec, stage, index, processors, self.registry, self.sources, artifacts
+            )
+        decoder = SampleDecoder(processors, True, data.on_error, data.cache_media)
         stream = TrainStream(
             sources,
             plan,
@@ -331,6 +340,7 @@ class TrainingSession:
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         return record["loss"]
 
+
 def setup_session(
     spec: ExperimentSpec,
     output_dir: Path,
@@ -338,11 +348,14 @@ def setup_session(
     show_progress: bool = True,
     accelerator: Accelerator | None = None,
     save_artifacts: bool = True,
+    init: InitSource | None = None,
 ) -> TrainingSession:
     """Build accelerator, data, model and optimizer for ``spec`` (no resume yet).
 
     Nothing is written into ``output_dir`` but, with ``save_artifacts``, what the processors
-    learned (a trained tokenizer) under ``artifacts/``.
+    learned (a trained tokenizer) under ``artifacts/``. With ``init`` (``train.init_from``),
+    the model starts from that checkpoint's weights, and from its run's tokenizer when the
+    source offers one (`InitSource.artifacts`).
     """
     train = spec.train
     if accelerator is None:
@@ -358,7 +371,8 @@ def setup_session(
     eval_sources = build_sources(spec.data.eval_sources, registry) if train.eval_every else {}
     artifacts = output_dir / ARTIFACTS_DIR
     with accelerator.main_process_first():
-        processors = build_processors(spec.data, registry, sources, artifacts, spec.model)
+        saved = init.artifacts if init is not None and init.artifacts is not None else artifacts
+        processors = build_processors(spec.data, registry, sources, saved, spec.model)
         if accelerator.is_main_process and save_artifacts:
             artifacts.mkdir(parents=True, exist_ok=True)
             for processor in processors.values():
@@ -367,6 +381,8 @@ def setup_session(
     model = build_model(spec.model, registry, processors)
     for index, stage in enumerate(train.resolved_stages()):
         stage_actions(model, stage, index)  # unknown actions fail before training starts
+    check_stage_data(spec)
+    report = None if init is None else apply_init_from(model, init)
     optimizer = make_optimizer(model, train.optimizer)
     total = sum(stage.steps for stage in train.resolved_stages())
     scheduler = make_scheduler(optimizer, total, train.scheduler)
@@ -387,6 +403,7 @@ def setup_session(
         shared,
         registry,
         eval_sources,
+        init_report=report,
     )
 
 
@@ -428,11 +445,15 @@ def train(
     claimed = run_dir.claim(accelerator, output, tree, resume=resume, overwrite=overwrite)
     try:
         fresh = claimed.checkpoint is None or not (output / ARTIFACTS_DIR).is_dir()
-        session = setup_session(spec, output, registry, show_progress, accelerator, fresh)
+        init = resolve_source(spec) if claimed.checkpoint is None else None  # not on resume
+        session = setup_session(spec, output, registry, show_progress, accelerator, fresh, init)
         if claimed.checkpoint is not None:
             session.resume(claimed.checkpoint)
         if accelerator.is_main_process:
             claimed.commit(tree, session.step)
+            if session.init_report is not None:
+                session.init_report.write(output)
+                log.warning("%s; report in %s", session.init_report.summary(), output)
         return session.run()
     finally:
         claimed.release()

@@ -12,7 +12,7 @@ read with `DataSpec.modality`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -152,12 +152,24 @@ class OptimizerSpec(Spec):
 class SchedulerSpec(Spec):
     """Linear warm-up, then decay over the total number of steps of all stages."""
 
-    type: Literal["cosine", "linear", "constant"] = "cosine"
-    """Shape of the decay after warm-up."""
+    type: Literal["cosine", "linear", "constant", "constant_then_linear"] = "cosine"
+    """Shape of the decay after warm-up; ``constant_then_linear`` holds the peak for
+    ``hold_steps`` and then decays linearly (COTS)."""
     warmup_steps: int = Field(0, ge=0)
     """Steps of linear warm-up from 0 to the peak learning rate."""
+    hold_steps: int = Field(0, ge=0)
+    """``constant_then_linear``: steps at the peak learning rate after the warm-up."""
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
     """Final learning rate as a fraction of the peak."""
+
+    @model_validator(mode="after")
+    def _hold_needs_its_type(self) -> SchedulerSpec:
+        if self.hold_steps and self.type != "constant_then_linear":
+            raise ValueError(
+                f"hold_steps applies to type constant_then_linear, not {self.type}; "
+                "set type: constant_then_linear or remove hold_steps"
+            )
+        return self
 
 
 class StageSpec(Spec):
@@ -171,6 +183,23 @@ class StageSpec(Spec):
     """Names of ``data.sources`` used in this stage; all of them when omitted."""
     actions: list[str] = []
     """``component.action`` to run when the stage starts, e.g. ``vision.inflate`` (OmniVL)."""
+    data: dict[str, dict[str, Any]] = {}
+    """Modality settings this stage overrides, by modality: ``{video: {frames: 1}}`` trains
+    the stage on one-frame clips (a Frozen-in-Time curriculum); checked against
+    ``data.<modality>`` when training starts."""
+
+
+class InitFromSpec(Spec):
+    """Weights to start from (``train.init_from``): another run's, with a fresh optimizer,
+    schedule, step, data position and random state."""
+
+    path: str
+    """A run directory (its newest intact checkpoint) or a ``checkpoints/step-N`` directory."""
+    components: list[str] | None = None
+    """Components to load, by name; every component both models have when omitted."""
+    objectives: list[str] = []
+    """Objectives (by name) whose heads, momentum copies and queues are loaded; none unless
+    named."""
 
 
 class TrainSpec(Spec):
@@ -198,6 +227,9 @@ class TrainSpec(Spec):
     """Keep only the newest N checkpoints."""
     log_every: int = Field(10, gt=0)
     """Append a line to metrics.jsonl every this many steps."""
+    init_from: InitFromSpec | None = None
+    """Start from another run's weights (a fine-tuning run); only when this run starts from
+    scratch: ``--resume`` continues this run's own checkpoints."""
     eval_every: int | None = Field(None, gt=0)
     """Run the spec's ``eval:`` section every this many steps and after the last one, on every
     rank; the metrics go to metrics.jsonl (``eval/<metric>``) and, after the last step, to

@@ -146,3 +146,27 @@ def test_queue_errors() -> None:
         queue.enqueue({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, ids=torch.zeros(3))
     with pytest.raises(KeyError, match="no queue named 'c'"):
         queue.features("c")
+
+
+def _queue_with(size: int, ids: list[int]) -> FeatureQueue:
+    queue = FeatureQueue(size, {"a": 2}, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor(ids)
+    queue.enqueue({"a": torch.stack([rows, rows], 1).float()}, ids=rows)
+    return queue
+
+
+def test_resized_queue_keeps_the_newest_rows_oldest_first() -> None:
+    wrapped = _queue_with(4, [0, 1, 2, 3, 4, 5])  # rows hold ids [4, 5, 2, 3], ptr 2
+    assert wrapped.ids.tolist() == [4, 5, 2, 3] and int(wrapped.ptr) == 2
+    smaller = FeatureQueue(3, {"a": 2})
+    state = smaller.resized_state(wrapped.state_dict())
+    assert state["ids"].tolist() == [3, 4, 5] and state["a_queue"][:, 0].tolist() == [3, 4, 5]
+    assert (int(state["ptr"]), int(state["filled"])) == (0, 3)
+    partial = _queue_with(6, [0, 1, 2, 3])  # four real rows, two random ones
+    larger = FeatureQueue(10, {"a": 2}, generator=torch.Generator().manual_seed(1))
+    state = larger.resized_state(partial.state_dict())
+    assert state["ids"].tolist() == [0, 1, 2, 3] + [-1] * 6
+    assert torch.equal(state["a_queue"][4:], larger.a_queue[4:])  # its own initial rows
+    assert (int(state["ptr"]), int(state["filled"])) == (4, 4)
+    larger.load_state_dict(state)
+    assert larger.filled_mask().tolist() == [True] * 4 + [False] * 6
