@@ -207,8 +207,9 @@ def resize_queues(
         if not all(k in saved for k in keys.values()):
             continue
         old = saved[keys["ids"]].shape[0]
-        if old == queue.size:
-            continue
+        widths = [saved[k].shape[1:] == getattr(queue, b).shape[1:] for b, k in keys.items()]
+        if old == queue.size or not all(widths):
+            continue  # another feature width does not fit: refused with the other tensors
         state = queue.resized_state({b: saved.pop(k) for b, k in keys.items()})
         kept = int(state["filled"])
         for buffer, key in keys.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,11 +14,10 @@ from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_
 from tqdm.auto import tqdm
 
 from modaloom.core import checkpoint as ckpt
-from modaloom.core import fsdp, run_dir, run_state
+from modaloom.core import fsdp, run_dir, run_metrics, run_state
 from modaloom.core.compose import LoomModel, build_model
-from modaloom.core.data import SampleDecoder, build_processors, build_sources
+from modaloom.core.data import build_processors, build_sources
 from modaloom.core.errors import ModaloomError
-from modaloom.core.evaluation import run_evaluators, write_metrics
 from modaloom.core.init_from import InitReport, InitSource, apply_init_from, resolve_source
 from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
@@ -28,13 +26,15 @@ from modaloom.core.run_dir import ARTIFACTS_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from modaloom.core.spec import spec_to_tree
 from modaloom.core.spec_models import ExperimentSpec, StageSpec
 from modaloom.core.stage_actions import stage_actions
-from modaloom.core.stage_data import check_stage_data, stage_processors
-from modaloom.core.stream import StreamPlan, TrainStream, make_train_loader, split_sources
+from modaloom.core.stage_data import (
+    check_stage_data,
+    plan_stage,
+    stage_processors,
+    stage_stream,
+)
+from modaloom.core.stream import StreamPlan, make_train_loader
 
 log = logging.getLogger(__name__)
-
-FINAL_METRICS_FILE = "metrics.json"
-"""Evaluator metrics of the last step (``train.eval_every``), in the run directory."""
 
 
 @dataclass
@@ -155,7 +155,7 @@ class TrainingSession:
             first_step += stage.steps
         bar.close()
         if self.spec.train.eval_every is not None:
-            self.write_final_metrics(stages[-1].name)
+            run_metrics.write_final_metrics(self, stages[-1].name)
         if (
             self.last_checkpoint is None
             or ckpt.checkpoint_name(self.step) != self.last_checkpoint.name
@@ -174,29 +174,8 @@ class TrainingSession:
         self, index: int, stage: StageSpec, done: int
     ) -> tuple[list[Source], StreamPlan]:
         """The stage's sources and its stream plan, at the saved position when resuming."""
-        names = stage.sources or list(self.spec.data.sources)
-        specs = self.spec.data.sources
-        sources = [self.sources[name] for name in names]
-        world, workers = self.accelerator.num_processes, max(1, self.spec.data.num_workers)
-        plan = StreamPlan(
-            names=names,
-            weights=[specs[n].weight for n in names],
-            lengths=[len(s) if s.is_map_style else None for s in sources],
-            seed=self.spec.train.seed * 1000 + index,
-            batch_size=self.spec.data.batch_size,
-            mixing=self.spec.data.mixing,
-            group=world,
-            world=world,
-            workers=workers,
-            split=split_sources(sources, world * workers),
-        )
-        if self.data_state.get("stage") == stage.name:
-            plan.load_state(self.data_state)
-        else:
-            accum = self.spec.train.gradient_accumulation
-            for _ in range(done * accum * world):  # no saved position: replay the plan
-                plan.next_micro_batch()
-        return sources, plan
+        world = self.accelerator.num_processes
+        return plan_stage(self.spec, self.sources, world, (index, stage, done), self.data_state)
 
     def run_stage(self, index: int, stage: StageSpec, first_step: int, bar: tqdm) -> float:
         """Train one stage from the current step to its end; returns the last loss."""
@@ -207,22 +186,14 @@ class TrainingSession:
                 action()
         sources, plan = self.stage_plan(index, stage, done)
         tracker = plan.copy()
-        data, processors = self.spec.data, self.processors
+        processors = self.processors
         if stage.data:
             assert self.registry is not None
             artifacts = self.output_dir / ARTIFACTS_DIR
             processors = stage_processors(
                 self.spec, stage, index, processors, self.registry, self.sources, artifacts
             )
-        decoder = SampleDecoder(processors, True, data.on_error, data.cache_media)
-        stream = TrainStream(
-            sources,
-            plan,
-            decoder,
-            stop=stage.steps * train.gradient_accumulation,
-            rank=acc.process_index,
-            world=acc.num_processes,
-        )
+        stream = stage_stream(self.spec, stage, processors, sources, plan, acc)
         loader = make_train_loader(stream, self.spec.data.num_workers, seed=train.seed + index)
         self.model.train()
         step_loss, micro, last = torch.zeros(()), 0, float("nan")
@@ -241,9 +212,9 @@ class TrainingSession:
             self.data_state = {"stage": stage.name, **tracker.state_dict()}
             bar.update(1)
             if self.step % train.log_every == 0 or self.step == first_step + stage.steps:
-                last = self.log_metrics(stage.name, step_loss, terms, started, bar)
+                last = run_metrics.log_step(self, stage.name, step_loss, terms, started, bar)
             if train.eval_every is not None and self.step % train.eval_every == 0:
-                self.evaluate(stage.name)
+                run_metrics.evaluate(self, stage.name)
             if self.step % train.checkpoint_every == 0:
                 self.save_checkpoint()
             step_loss = torch.zeros(())
@@ -276,69 +247,6 @@ class TrainingSession:
         for key, reason in batch.pop("__skipped__", []):
             log.warning("skipped sample %s: %s", key, reason)
             self.skipped += 1
-
-    def evaluate(self, stage: str) -> dict[str, float]:
-        """Run the spec's evaluators on every rank (each takes a share of the batches) and
-        append their metrics to metrics.jsonl as ``eval/<metric>`` (main process)."""
-        assert self.registry is not None
-        model = self.unwrapped
-        with self.accelerator.autocast():
-            metrics = run_evaluators(
-                self.spec,
-                model,
-                self.processors,
-                {**self.sources, **self.eval_sources},
-                self.registry,
-                self.accelerator.device,
-            )
-        model.train()
-        record: dict[str, Any] = {"step": self.step, "stage": stage}
-        record.update({f"eval/{name}": value for name, value in sorted(metrics.items())})
-        self.append_metrics(record)
-        self.last_evaluation = (self.step, metrics)
-        return metrics
-
-    def write_final_metrics(self, stage: str) -> None:
-        """Evaluate the last step (unless just done) and write metrics.json (main process)."""
-        step, metrics = self.last_evaluation
-        if step != self.step:
-            metrics = self.evaluate(stage)
-        if self.accelerator.is_main_process:
-            write_metrics(self.output_dir / FINAL_METRICS_FILE, metrics)
-
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl (main process only)."""
-        if self.accelerator.is_main_process:
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def log_metrics(
-        self,
-        stage: str,
-        loss: torch.Tensor,
-        terms: dict[str, torch.Tensor],
-        started: float,
-        bar: tqdm,
-    ) -> float:
-        """Append one line to metrics.jsonl (main process) and update the bar."""
-        acc = self.accelerator
-        values = torch.stack(
-            [loss.to(acc.device), *[t.float().to(acc.device) for t in terms.values()]]
-        )
-        values = acc.reduce(values, reduction="mean")
-        skipped = acc.reduce(torch.tensor(float(self.skipped), device=acc.device), reduction="sum")
-        record: dict[str, Any] = {"step": self.step, "stage": stage, "loss": float(values[0])}
-        record.update({name: float(v) for name, v in zip(terms, values[1:], strict=True)})
-        record.update(
-            {
-                "lr": self.scheduler.get_last_lr()[0],
-                "skipped_samples": int(skipped),
-                "elapsed_s": round(time.perf_counter() - started, 3),
-            }
-        )
-        self.append_metrics(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        return record["loss"]
 
 
 def setup_session(

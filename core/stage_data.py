@@ -1,23 +1,88 @@
-"""Per-stage modality settings: ``train.stages.<i>.data`` overrides ``data.<modality>`` for one
-stage (``{video: {frames: 1}}`` then ``{video: {frames: 4}}``: a Frozen-in-Time curriculum).
+"""What a stage reads: its sources, its stream plan and its processors.
 
-The stream plan does not depend on the processors, so a stage with other settings decodes the
-same samples in the same order, and a resumed stage rebuilds the same processors: exact resume
-holds. Each overridden modality gets a processor built from its merged settings.
+``train.stages.<i>.data`` overrides ``data.<modality>`` for one stage (``{video: {frames: 1}}``
+then ``{video: {frames: 4}}``: a Frozen-in-Time curriculum); each overridden modality gets a
+processor built from its merged settings. The stream plan does not depend on the processors,
+so such a stage decodes the same samples in the same order, and a resumed stage rebuilds the
+same processors: exact resume holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+from accelerate import Accelerator
 from pydantic import ValidationError
 
-from modaloom.core.data import pretrained_inputs
+from modaloom.core.data import SampleDecoder, pretrained_inputs
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import DataContext, Processor, Source
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ExperimentSpec, Spec, StageSpec
+from modaloom.core.stream import StreamPlan, TrainStream, split_sources
+
+
+def plan_stage(
+    spec: ExperimentSpec,
+    sources: Mapping[str, Source],
+    world: int,
+    where: tuple[int, StageSpec, int],
+    data_state: Mapping[str, Any],
+) -> tuple[list[Source], StreamPlan]:
+    """A stage's sources and its stream plan, at the saved position when resuming.
+
+    Args:
+        spec: the run's spec.
+        sources: the training sources by name.
+        world: the number of processes.
+        where: (stage index, stage, optimizer steps of it done).
+        data_state: the saved data position (``{"stage": name, ...}``), or empty.
+    """
+    index, stage, done = where
+    names = stage.sources or list(spec.data.sources)
+    chosen = [sources[name] for name in names]
+    workers = max(1, spec.data.num_workers)
+    plan = StreamPlan(
+        names=names,
+        weights=[spec.data.sources[n].weight for n in names],
+        lengths=[len(s) if s.is_map_style else None for s in chosen],
+        seed=spec.train.seed * 1000 + index,
+        batch_size=spec.data.batch_size,
+        mixing=spec.data.mixing,
+        group=world,
+        world=world,
+        workers=workers,
+        split=split_sources(chosen, world * workers),
+    )
+    if data_state.get("stage") == stage.name:
+        plan.load_state(data_state)
+    else:
+        for _ in range(done * spec.train.gradient_accumulation * world):  # replay the plan
+            plan.next_micro_batch()
+    return chosen, plan
+
+
+def stage_stream(
+    spec: ExperimentSpec,
+    stage: StageSpec,
+    processors: Mapping[str, Processor],
+    sources: list[Source],
+    plan: StreamPlan,
+    accelerator: Accelerator,
+) -> TrainStream:
+    """This rank's training stream of a stage, decoded by ``processors``."""
+    data = spec.data
+    decoder = SampleDecoder(processors, True, data.on_error, data.cache_media)
+    return TrainStream(
+        sources,
+        plan,
+        decoder,
+        stop=stage.steps * spec.train.gradient_accumulation,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    )
 
 
 def stage_settings(spec: ExperimentSpec, stage: StageSpec, index: int) -> dict[str, Spec]:

@@ -175,6 +175,22 @@ def test_a_shape_without_a_known_meaning_is_refused(  # type: ignore[no-untyped-
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "init_report.json").exists()
 
 
+def test_a_queue_of_another_width_is_refused_not_resized(  # type: ignore[no-untyped-def]
+    registry, shapes_manifest, source_run, tmp_path
+) -> None:
+    tree = finetune_tree(registry, shapes_manifest, source_run, objectives=["itc_queue"])
+    tree["model"]["objectives"][0].update(embed_dim=16, queue_size=24)
+    with pytest.raises(SpecError) as caught:
+        session_of(registry, tree, tmp_path)
+    assert str(caught.value) == (
+        "spec is invalid (1 problem):\n"
+        "  train.init_from: objectives.0.momentum.copies.proj_a.bias: the checkpoint has shape "
+        "[32] and the model [16] (and 11 more); only momentum queues and position/time "
+        "embeddings are resized: leave that component or objective out of train.init_from or "
+        "give it the source run's shape"
+    )
+
+
 def test_unknown_names_and_paths_are_refused(  # type: ignore[no-untyped-def]
     registry, shapes_manifest, source_run, tmp_path
 ) -> None:
