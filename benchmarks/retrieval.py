@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modaloom.core.interfaces import Objective
+from modaloom.core.metrics import Matches, chunked_ranks
 from modaloom.objectives.fine_grained_similarity import fine_grained_similarity
-from modaloom.plugins.evaluators.retrieval import best_correct_ranks
 
 MIB = 2**20
 REPEAT_BUDGET_S = 10.0
@@ -65,6 +65,24 @@ class FineGrainedScorer(Objective):
             target["logits"],
             self.block,
         )
+
+
+def best_correct_ranks(
+    scorer: Objective,
+    query: dict[str, Tensor],
+    target: dict[str, Tensor],
+    query_ids: Tensor,
+    target_ids: Tensor,
+    chunk: int,
+) -> Tensor:
+    """The retrieval evaluator's ranking (`chunked_ranks`): 1-based rank of each query's best
+    target with its id, ``chunk`` queries at a time, (Q,)."""
+
+    def scores(start: int, stop: int) -> Tensor:
+        return scorer.retrieval_scores({k: v[start:stop] for k, v in query.items()}, target)
+
+    matches = Matches(query_ids, target_ids)
+    return chunked_ranks(scores, matches.rows, range(len(query_ids)), chunk)
 
 
 def dot_sides(

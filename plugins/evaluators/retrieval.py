@@ -216,7 +216,7 @@ class RetrievalEvaluator(Evaluator):
         self.keep_examples(objective, gallery)
         forward = cfg.name or f"{initials(cfg.query)}2{initials(cfg.target)}"
         backward = "2".join(reversed(forward.split("2", 1)))
-        swapped = _Swapped(objective)
+        swapped = Swapped(objective)
         sides = (gallery.query, gallery.target)
         reverse = (gallery.target, gallery.query)
         temperature = cfg.dsl_temperature if cfg.dsl else None
@@ -243,8 +243,9 @@ class RetrievalEvaluator(Evaluator):
         return metrics
 
 
-class _Swapped(Objective):
-    """Scores target->query with the same objective (for the reverse direction)."""
+class Swapped(Objective):
+    """Scores target->query with the same objective (the reverse direction): (T, Q) scores as
+    the inner objective's (Q, T) transposed."""
 
     def __init__(self, inner: Objective) -> None:
         super().__init__()
