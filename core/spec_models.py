@@ -283,7 +283,9 @@ class DataSpec(Spec):
     mixing: Mixing = "batch"
     """Several sources mix per batch (each batch from one source) or per sample."""
     cache_media: bool = False
-    """Keep decoded evaluation media in memory between evaluations."""
+    """Decode each training media field once, without random augmentation, and keep it in
+    memory (per DataLoader worker); text is still processed every time. For small data sets
+    such as digits-av."""
 
     def modality(self, name: str) -> Spec | None:
         """The settings of a registered modality (``data.text``, ``data.video``, ...), or
