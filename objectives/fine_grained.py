@@ -24,11 +24,13 @@ gradient, and each rank scores its own rows against the global batch (`global_gr
 (AST: ``N / tokens_per_clip`` clips), else the time axis of its input (``pixel_values`` (B, T,
 3, H, W) frames, ``spectrogram`` (B, T, M, L) clips; 1 otherwise):
 
-1. ``T == 1``: the component's ``pooled`` feature (its own [CLS] or mean pooling);
-2. ``N == T``: ``sequence`` as is (``frame_mean`` gives one feature per frame);
-3. ``N % T == 0``: ``sequence`` cut into T equal chunks, each reduced by ``frame_pooling``
-   (``cls``: the chunk's first token, e.g. each CLIP frame's or AST clip's [CLS]; ``mean``);
-4. ``(N - 1) % T == 0``: a leading global token then T chunks (TimeSformer's [CLS] + frame-major
+1. ``N == T``: ``sequence`` as is (``frame_mean`` gives one feature per frame);
+2. ``N % T == 0``: ``sequence`` cut into T equal chunks, each reduced by ``frame_pooling``
+   (``cls``: the chunk's first token, e.g. each CLIP frame's or AST clip's [CLS]; ``mean``).
+   This holds at ``T == 1`` too, so a frame's (or clip's) feature is the same whether its
+   clip has one frame or several (the component's ``pooled`` output, e.g. CLIP's post-LayerNorm
+   [CLS] or AST's [CLS]/distillation mean, is not used);
+3. ``(N - 1) % T == 0``: a leading global token then T chunks (TimeSformer's [CLS] + frame-major
    patches): each frame is the mean of its patch tokens (no per-frame [CLS] exists).
 
 Anything else is an error naming the shapes.
@@ -77,7 +79,7 @@ class MGASpec(ObjectiveSpec):
     chunk_size: int | None = Field(None, gt=0)
     """Score at most ``chunk_size`` x ``chunk_size`` pairs at a time (bounds peak memory)."""
     frame_pooling: FramePooling = "cls"
-    """How a chunk of tokens becomes one frame / clip vector (rule 3 of the module docstring)."""
+    """How a chunk of tokens becomes one frame / clip vector (rule 2 of the module docstring)."""
     gather: bool = True
     """Use every rank's batch as negatives: token and frame features are gathered with
     gradient and each rank scores its own rows against the global batch."""
@@ -134,8 +136,6 @@ def frame_features(
     batch, tokens, dim = sequence.shape
     frames = _time_steps(component, inputs, tokens)
     valid = mask.bool() if mask is not None else sequence.new_ones(batch, tokens, dtype=torch.bool)
-    if frames == 1:
-        return output.pooled[:, None], valid.any(dim=1, keepdim=True)
     if tokens == frames:
         return sequence, valid
     if tokens % frames == 0:

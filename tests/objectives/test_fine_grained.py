@@ -167,13 +167,27 @@ def test_frame_features_rules() -> None:
     ast.tokens_per_clip = 4  # type: ignore[assignment]
     audio = torch.randn(2, 8, D)
     assert_close(frame_features(_output(audio), ast, {}, "cls")[0], audio[:, ::4])
-    image = torch.randn(2, 17, D)
+    image = torch.randn(2, 17, D)  # T = 1: frame_pooling applies, `pooled` is not used
+    one_frame = {"pixel_values": torch.zeros(2, 3, 4, 4)}
+    assert_close(frame_features(_output(image), plain, one_frame, "cls")[0], image[:, :1])
     assert_close(
-        frame_features(_output(image), plain, {"pixel_values": torch.zeros(2, 3, 4, 4)}, "cls")[0],
-        image.sum(dim=1)[:, None],
+        frame_features(_output(image), plain, one_frame, "mean")[0], image.mean(1, keepdim=True)
     )
+    one_clip = audio[:, :4]  # the same clip alone gives the same feature as within two
+    assert_close(frame_features(_output(one_clip), ast, {}, "cls")[0], audio[:, :1])
     with pytest.raises(ValueError, match="cannot split 8 tokens"):
         frame_features(_output(torch.randn(2, 8, D)), plain, video, "cls")
+
+
+def test_frame_feature_same_for_one_frame_or_several() -> None:
+    """A CLIP frame's MGA feature does not depend on how many frames its clip has (#13 §3)."""
+    frame = torch.randn(2, 5, D)  # [CLS] + 4 patches
+    other = torch.randn(2, 5, D)
+    plain = nn.Module()
+    alone = frame_features(_output(frame), plain, {"pixel_values": torch.zeros(2, 3, 4, 4)}, "cls")
+    video = {"pixel_values": torch.zeros(2, 2, 3, 4, 4)}
+    within = frame_features(_output(torch.cat([frame, other], dim=1)), plain, video, "cls")
+    assert torch.equal(alone[0][:, 0], within[0][:, 0])
 
 
 # ------------------------------------------------- negatives from every rank (2 gloo processes)
