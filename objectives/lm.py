@@ -84,6 +84,10 @@ class LMSpec(ObjectiveSpec):
     """Text inserted after [DEC] and excluded from the loss (BLIP captioning: "a picture of")."""
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     """Label-smoothing epsilon (BLIP: 0.1)."""
+    qa: bool = False
+    """Trained on QA pairs (``{"question", "answer"}`` text values), so the ``qa`` evaluator may
+    use it to answer. Whatever this says, a QA pair's question is never a target: the loss is on
+    its answer tokens only (the text batch's ``answer_start``)."""
 
     def references(self) -> list[Reference]:
         """``decoder`` names a decoder component, ``condition`` components."""
@@ -119,8 +123,10 @@ class LanguageModeling(Objective):
         self.names = [config.condition] if isinstance(config.condition, str) else config.condition
         self.register_buffer("prompt_ids", prompt_ids.long(), persistent=False)
 
-    answers_questions = False
-    """Not trained on QA pairs by construction (`answer` works once it is)."""
+    @property
+    def answers_questions(self) -> bool:
+        """Whether it is trained on QA pairs (``qa: true``)."""
+        return self.config.qa
 
     @property
     def default_condition(self) -> list[str]:
@@ -138,6 +144,22 @@ class LanguageModeling(Objective):
         ids = torch.cat([head, ids[:, 1:]], dim=1)
         return ids, torch.cat([torch.ones_like(head), mask[:, 1:]], dim=1)
 
+    def mask_questions(self, labels: Tensor, answer_start: Tensor | None, rows: Tensor) -> Tensor:
+        """Ignore the question of QA pair rows: labels (b, L + P) before the answer become -100.
+
+        Args:
+            labels: (b, L + P) targets of the ``[DEC] prompt ...`` rows.
+            answer_start: (B,) first answer token index in the unprefixed ids, -1 for captions
+                (the text processor's), or None when the batch holds no QA pair.
+            rows: (b,) the samples ``labels`` belong to.
+        """
+        if answer_start is None:
+            return labels
+        start = torch.as_tensor(answer_start).to(labels.device)[rows]  # (b,)
+        start = torch.where(start >= 0, start + self.prompt_ids.numel(), 0)
+        positions = torch.arange(labels.shape[1], device=labels.device)
+        return labels.masked_fill(positions[None, :] < start[:, None], -100)
+
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
         cfg = self.config
         decoder = decoder_of(features, cfg.decoder)
@@ -149,6 +171,7 @@ class LanguageModeling(Objective):
         skip = 1 + self.prompt_ids.numel()
         labels = ids.masked_fill(mask == 0, -100)
         labels[:, :skip] = -100
+        labels = self.mask_questions(labels, text.get("answer_start"), rows)
         condition, condition_mask = self.condition(features, self.names, rows)
         logits = decoder(ids, mask, condition, condition_mask, mode="causal").logits
         loss = label_smoothed_lm_loss(logits[:, :-1], labels[:, 1:], cfg.label_smoothing)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.testing import assert_close
 
 from modaloom.core.compose import FeatureCache
+from modaloom.objectives import lm as lm_module
 from modaloom.objectives.lm import LanguageModeling
 from modaloom.tests.objectives.captioning_models import PROCESSOR, B, batch, build
 
@@ -57,3 +60,34 @@ def test_lm_drops_samples_without_the_condition() -> None:
         sub[field] = {k: v[[0, 2, 3]] for k, v in sub[field].items()}
     sub_loss = model(sub).terms["lm/lm_loss"]
     assert_close(full, sub_loss)
+
+
+def test_lm_on_qa_pairs_puts_loss_on_answer_tokens_only() -> None:
+    spec = {"type": "lm", "decoder": "decoder", "condition": "image", "prompt": "a picture of"}
+    model = build({**spec, "qa": True}, ("text", "decoder", "image"))
+    lm = model.objectives[0]
+    assert isinstance(lm, LanguageModeling) and lm.answers_questions
+    pairs = [{"question": "what is it", "answer": c} for c in ("a dog", "two cats", "a bird", "x")]
+    items = [PROCESSOR.process(p, key="k", train=False, rng=random.Random(0)) for p in pairs]
+    data = batch("image")
+    data["text"] = PROCESSOR.collate(items)
+    captured: list[Tensor] = []
+    original = lm_module.label_smoothed_lm_loss
+
+    def spy(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
+        captured.append(labels)
+        return original(logits, labels, smoothing)
+
+    lm_module.label_smoothed_lm_loss = spy  # type: ignore[assignment]
+    try:
+        lm(FeatureCache(model, data))
+    finally:
+        lm_module.label_smoothed_lm_loss = original  # type: ignore[assignment]
+    text, prompt = data["text"], lm.prompt_ids.numel()
+    for row, start in enumerate(text["answer_start"].tolist()):
+        kept = (captured[0][row] != -100).nonzero().flatten() + 1  # labels are shifted by one
+        length = int(text["attention_mask"][row].sum())
+        assert kept.tolist() == list(range(start + prompt, length + prompt))
+        assert torch.equal(
+            captured[0][row, kept - 1], text["input_ids"][row, start:length]
+        )  # the answer and its [SEP]
