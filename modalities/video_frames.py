@@ -4,13 +4,17 @@ Every frame of a clip is converted to RGB at one size: the first frame's, reduce
 factor when its shorter side is at least twice ``min_side`` (FFmpeg's swscale scales and
 converts in one pass, ``AREA`` filter, so no full-resolution RGB or float copy is made). Frames
 of another size (resolution changes mid-stream) are scaled to it. A frame over ``max_pixels``
-is refused before conversion. The display matrix a container stores (mp4/mov ``tkhd``, mkv
+is refused before conversion. Conversion runs on one thread through one swscale context per
+process (`reformatter`): PyAV's default makes a context with its own thread pool for every
+frame, which costs more than the conversion, and a pool inherited through ``fork`` deadlocks a
+DataLoader worker. The display matrix a container stores (mp4/mov ``tkhd``, mkv
 projection: phone videos filmed upright) is applied as the player would: rotations by
 multiples of 90 degrees and mirroring; other angles are left as stored.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +22,7 @@ import av
 import numpy as np
 import torch
 from av.sidedata.sidedata import SideData
+from av.video.reformatter import VideoReformatter
 from torch import Tensor
 
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, check_pixels
@@ -56,12 +61,36 @@ class Decoded:
         return self._rgb[1]
 
 
+_REFORMATTER: tuple[int, VideoReformatter] | None = None
+"""This process's reformatter and the process id it was made in (a forked child makes its own)."""
+
+
+def reformatter() -> VideoReformatter:
+    """The reformatter of the calling process, made on first use (so after any ``fork``).
+
+    One swscale context is kept and reused while frames keep their size and format.
+    """
+    global _REFORMATTER
+    pid = os.getpid()
+    if _REFORMATTER is None or _REFORMATTER[0] != pid:
+        _REFORMATTER = pid, VideoReformatter()
+    return _REFORMATTER[1]
+
+
 def to_rgb(frame: av.VideoFrame, size: Size) -> np.ndarray:
-    """``frame`` as an (H, W, 3) uint8 RGB array of ``size`` (scaled and converted at once)."""
-    if (frame.width, frame.height) == size:
-        return frame.to_ndarray(format="rgb24")
+    """``frame`` as an (H, W, 3) uint8 RGB array of ``size`` (scaled and converted at once).
+
+    Single-threaded swscale, bit-identical to PyAV's ``frame.to_ndarray(format="rgb24")``
+    (with ``width``, ``height`` and ``interpolation="AREA"`` when scaled).
+    """
     width, height = size
-    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
+    if (frame.width, frame.height) == size:
+        rgb = reformatter().reformat(frame, format="rgb24", threads=1)
+    else:
+        rgb = reformatter().reformat(
+            frame, width=width, height=height, format="rgb24", interpolation="AREA", threads=1
+        )
+    return rgb.to_ndarray()
 
 
 def clip_size(frame: av.VideoFrame, min_side: int | None) -> Size:
