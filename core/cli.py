@@ -121,10 +121,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
     from modaloom.core.build_check import check_build
+    from modaloom.core.init_from import check_init_from
+    from modaloom.core.stage_data import check_stage_data
 
     registry = default_registry()
     spec = load_spec(args.spec, args.set, registry)
     try:
+        check_stage_data(spec)
+        check_init_from(spec)
         check = check_build(spec, registry)
     except SpecError as exc:  # name the spec, as load_spec's errors do
         raise SpecError(exc.problems, source=args.spec) from None

@@ -138,6 +138,31 @@ def resolve_source(spec: ExperimentSpec) -> InitSource | None:
     return InitSource(init, checkpoint, run, names, artifacts)
 
 
+def check_init_from(spec: ExperimentSpec) -> None:
+    """What `modaloom validate` checks of ``train.init_from`` before anything is built: an intact
+    checkpoint at ``path``, and every name in ``components`` / ``objectives`` in both the spec
+    and the checkpoint's recorded spec.
+
+    Raises:
+        SpecError: at ``train.init_from.path`` or the first name that is missing.
+    """
+    source = resolve_source(spec)
+    if source is None:
+        return
+    recorded = ckpt.read_meta(source.checkpoint).get("spec") or {}
+    model = recorded.get("model") if isinstance(recorded, dict) else None
+    saved = model.get("components") if isinstance(model, dict) else None
+    have = list(spec.model.components)
+    saved_names = list(saved) if isinstance(saved, dict) else None
+    _check_names(
+        "components", source.request.components or [], have, saved_names, source.checkpoint
+    )
+    names = [objective.name or objective.type for objective in spec.model.objectives]
+    _check_names(
+        "objectives", source.request.objectives, names, source.objectives, source.checkpoint
+    )
+
+
 def _check_names(
     kind: str, named: list[str], have: list[str], saved: list[str] | None, source: Path
 ) -> None:

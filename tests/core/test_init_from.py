@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from modaloom.core.cli import main
 from modaloom.core.errors import SpecError
-from modaloom.core.init_from import resolve_source
+from modaloom.core.init_from import check_init_from, resolve_source
 from modaloom.core.momentum import FeatureQueue
 from modaloom.core.registry import Registry
 from modaloom.core.runner import TrainingSession, setup_session, train
@@ -257,3 +259,26 @@ def test_resume_of_a_finetuning_run_does_not_reapply_init_from(  # type: ignore[
     assert reference.keys() == resumed.keys()
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
+
+
+def test_validate_refuses_what_training_would(  # type: ignore[no-untyped-def]
+    registry, shapes_manifest, source_run, tmp_path, capsys
+) -> None:
+    """`modaloom validate` checks init_from's path and names (exit 2) before any training."""
+    tree = finetune_tree(registry, shapes_manifest, source_run, components=["audio"])
+    with pytest.raises(SpecError) as caught:
+        check_init_from(load_spec(tree, registry=registry))
+    assert str(caught.value) == (
+        "spec is invalid (1 problem):\n  train.init_from.components.0: no component 'audio' in "
+        "model.components (['vision', 'text'])"
+    )
+    check_init_from(
+        load_spec(finetune_tree(registry, shapes_manifest, source_run), registry=registry)
+    )
+    spec_file = tmp_path / "finetune.yaml"
+    spec_file.write_text(yaml.safe_dump(finetune_tree(registry, shapes_manifest, tmp_path / "x")))
+    assert main(["validate", str(spec_file)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {spec_file} is invalid (1 problem):\n  train.init_from.path: "
+        f"{tmp_path / 'x'} does not exist; give a run directory\n"
+    )

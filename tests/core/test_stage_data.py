@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from modaloom.core.cli import main
 from modaloom.core.data import build_processors
 from modaloom.core.errors import SpecError
 from modaloom.core.registry import Registry
@@ -41,3 +42,13 @@ def test_invalid_stage_settings_are_refused(
     with pytest.raises(SpecError) as caught:
         check_stage_data(spec)
     assert str(caught.value) == f"spec is invalid (1 problem):\n  {problem}"
+
+
+def test_validate_refuses_an_invalid_stage_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """`modaloom validate` finds what training would refuse at the stage's start (exit 2)."""
+    override = "train.stages.1.data={video: {framez: 3}}"
+    assert main(["validate", "omnivl-tiny", "--set", override]) == 2
+    assert capsys.readouterr().err == (
+        "error: omnivl-tiny is invalid (1 problem):\n"
+        "  train.stages.1.data.video.framez: Extra inputs are not permitted\n"
+    )
