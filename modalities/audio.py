@@ -22,6 +22,7 @@ from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
 from modaloom.modalities.audio_decode import decode_audio
+from modaloom.modalities.audio_settings import resolve_audio_settings
 from modaloom.modalities.media_io import decoding
 
 AST_MEAN = -4.2677393
@@ -170,8 +171,9 @@ class AudioProcessor(Processor):
 
 
 def make_audio_processor(config: AudioSpec, ctx: DataContext) -> AudioProcessor:
-    """Factory registered for the ``audio`` modality (``ctx`` is unused: nothing is learned)."""
-    return AudioProcessor(config)
+    """Factory registered for the ``audio`` modality: what the spec leaves unset comes from the
+    pretrained audio component's feature extractor config (`resolve_audio_settings`)."""
+    return AudioProcessor(resolve_audio_settings(config, ctx, "audio"))
 
 
 @hookimpl
