@@ -11,7 +11,6 @@ The ``webdataset`` source reads shards with these functions; ``modaloom data pac
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import webdataset as wds
 from braceexpand import braceexpand
 
 from modaloom.core.errors import DataError, MediaDecodeError
@@ -203,6 +203,10 @@ def write_shards(
 ) -> list[str]:
     """Write ``(key, {ext: data})`` samples into ``prefix-000000.tar``, ... (each atomically).
 
+    Written with ``webdataset.TarWriter`` (members ``key.ext``, in extension order, mode 0644,
+    time 0, so the same samples give the same bytes); name members by media extension (``jpg``,
+    ``mp4``, ``wav``, ``txt``, ``json``, ``cls``) and webdataset's own ``decode`` reads them.
+
     Returns:
         The shard file names.
     """
@@ -212,12 +216,14 @@ def write_shards(
     def flush() -> None:
         name = f"{prefix}-{len(names):06d}.tar"
         temporary = root / f".{name}.{os.getpid()}.tmp"
-        with tarfile.open(temporary, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with (
+            temporary.open("wb") as handle,
+            wds.TarWriter(
+                handle, user="modaloom", group="modaloom", mode=0o644, encoder=False, mtime=0
+            ) as tar,
+        ):
             for key, members in pending:
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mode = len(data), 0o644
-                    tar.addfile(info, io.BytesIO(data))
+                tar.write({"__key__": key, **members})
         os.replace(temporary, root / name)
         names.append(name)
         pending.clear()

@@ -3,7 +3,10 @@
 A shard is a tar file whose consecutive members sharing a key form one sample:
 ``000017.mp4``, ``000017.json`` -> key ``000017``, members ``mp4`` and ``json`` (the extension is
 everything after the first dot of the file name). ``fields`` maps each sample field to a member,
-with dotted access into JSON members: ``{video: mp4, audio: mp4, text: json.caption, label: cls}``.
+with dotted access into JSON members: ``{video: mp4, audio: mp4, text: json.caption, label: cls}``,
+and webdataset's ``;`` alternatives, the first member present being read: ``image: jpg;png;webp``.
+Without ``fields``, the img2dataset / video2dataset layout is read (`DEFAULT_FIELDS`:
+``NNN.jpg|png|webp`` or ``NNN.mp4``, ``NNN.txt`` caption; image, video and audio optional).
 
 Reading (`modaloom.core.shards.read_shard`). Local and ``memory://`` shards are read by
 random access: member data is only read when a field is used, so a DataLoader worker that skips
@@ -50,14 +53,29 @@ TEXT_EXTENSIONS = frozenset({"txt", "text", "cls", "caption", "cls2"})
 """Member extensions decoded to ``str`` (UTF-8) rather than kept as bytes."""
 
 
+DEFAULT_FIELDS = {
+    "image": "jpg;jpeg;png;webp",
+    "video": "mp4;webm;mkv;avi;mov",
+    "audio": "wav;flac;mp3;m4a;ogg;opus",
+    "text": "txt",
+}
+"""``fields`` when a spec gives none: img2dataset / video2dataset shards (``NNN.jpg|png|webp``
+or ``NNN.mp4``, the caption in ``NNN.txt``, metadata in ``NNN.json``)."""
+DEFAULT_OPTIONAL = ["image", "video", "audio"]
+"""``optional_fields`` with `DEFAULT_FIELDS` (a sample holds one of them)."""
+
+
 class WebDatasetSpec(SourceSpec):
     """WebDataset tar shards, e.g. ``urls: s3://bucket/train-{000000..000099}.tar``."""
 
     type: Literal["webdataset"] = "webdataset"
     urls: str | list[str]
     """Shard URLs; each is brace-expanded (``shards/train-{000000..000009}.tar``)."""
-    fields: dict[str, str] = Field(min_length=1)
-    """Sample field -> shard member, with dotted access into JSON (``text: json.caption``)."""
+    fields: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_FIELDS), min_length=1)
+    """Sample field -> shard member, with dotted access into JSON (``text: json.caption``) and
+    ``;`` alternatives (``image: jpg;png;webp``: the first present). Default: img2dataset /
+    video2dataset shards, ``{image: jpg;jpeg;png;webp, video: mp4;webm;mkv;avi;mov,
+    audio: wav;flac;mp3;m4a;ogg;opus, text: txt}`` with image, video and audio optional."""
     optional_fields: list[str] = []
     """Fields whose member may be absent from a sample (the sample then lacks that field)."""
     shuffle_buffer: int = Field(0, ge=0)
@@ -72,14 +90,26 @@ class WebDatasetSpec(SourceSpec):
     the stream depends on data.num_workers. ``false``: every reader reads every shard and
     decodes only its share, which works with fewer shards than readers."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fields(cls, data: Any) -> Any:
+        """No ``fields`` (so `DEFAULT_FIELDS`): ``optional_fields`` is `DEFAULT_OPTIONAL`
+        unless given."""
+        if isinstance(data, dict) and "fields" not in data and "optional_fields" not in data:
+            return {**data, "optional_fields": list(DEFAULT_OPTIONAL)}
+        return data
+
     @model_validator(mode="after")
     def _check_fields(self) -> WebDatasetSpec:
         unknown = sorted(set(self.optional_fields) - set(self.fields))
         if unknown:
             raise ValueError(f"optional_fields {unknown} are not in fields {sorted(self.fields)}")
         for name, member in self.fields.items():
-            if not all(member.split(".")):
-                raise ValueError(f"fields.{name} is {member!r}; write a member like json.caption")
+            if not all(part for option in member.split(";") for part in option.split(".")):
+                raise ValueError(
+                    f"fields.{name} is {member!r}; write a member like json.caption, or "
+                    "alternatives like jpg;png"
+                )
         try:
             expand_urls(self.urls)
         except DataError as exc:
@@ -142,6 +172,19 @@ def _step(value: Any, part: str) -> Any:
     raise KeyError(part)
 
 
+def member_candidates(spec: str) -> list[tuple[str, list[str]]]:
+    """``(member extension, JSON path)`` readings of a field's member spec, in the order they
+    are tried: each ``;`` alternative in turn, its longest extension first.
+
+    ``"json.caption;txt"`` -> ``[("json.caption", []), ("json", ["caption"]), ("txt", [])]``.
+    """
+    candidates = []
+    for option in spec.split(";"):
+        parts = option.split(".")
+        candidates += [(".".join(parts[:n]).lower(), parts[n:]) for n in range(len(parts), 0, -1)]
+    return candidates
+
+
 def convert(name: str, ext: str, value: Any) -> Any:
     """Type a field value: ``label`` -> int, text members -> str, other members stay bytes."""
     if name == "label":
@@ -164,11 +207,8 @@ class WebDatasetSource(Source):
         if not self.urls:
             raise DataError(f"webdataset source has an empty shard list (urls: {config.urls!r})")
         open_shard(self.urls[0])[3].close()  # fail early, in the main process, when unreachable
-        # field -> [(member extension, json path)], longest extension first
-        self.candidates = {
-            name: [(".".join(parts[:n]).lower(), parts[n:]) for n in range(len(parts), 0, -1)]
-            for name, parts in ((name, spec.split(".")) for name, spec in config.fields.items())
-        }
+        # field -> [(member extension, json path)]: alternatives in order, longest extension first
+        self.candidates = {name: member_candidates(spec) for name, spec in config.fields.items()}
         self._counts: dict[str, int] = {}
 
     def describe(self) -> str:
