@@ -31,7 +31,7 @@ from typing import Literal
 import av
 import numpy as np
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import RawSample, Source
@@ -328,6 +328,35 @@ class DigitsAvSpec(SourceSpec):
     """Where the set is built; ``~/.cache/modaloom/digits-av/<version>-<seed>`` by default."""
     label_offset: int | None = Field(None, ge=0)
     """First label id of the label part (see `modaloom.plugins.sources.labels`)."""
+    caption_template: str | None = None
+    """Re-caption the clips with this template, ``{v}`` the visual digit's name and ``{a}`` the
+    audio digit's (e.g. ``"a {a} tone with the digit {v}"``, wording pretraining never saw, for
+    fine-tuning); ``null`` keeps the built captions. Only for ``part: clips``."""
+
+    @model_validator(mode="after")
+    def _check_template(self) -> DigitsAvSpec:
+        template = self.caption_template
+        if template is None:
+            return self
+        if self.part != "clips":
+            raise ValueError(f"caption_template applies to part: clips, not part: {self.part}")
+        try:
+            filled = template.format(v="\0", a="\1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"caption_template {template!r} is not a template of {{v}} and {{a}}: {exc!r}"
+            ) from None
+        if "\0" not in filled or "\1" not in filled:
+            raise ValueError(f"caption_template {template!r} must name both {{v}} and {{a}}")
+        return self
+
+
+def recaption(samples: list[RawSample], template: str) -> list[RawSample]:
+    """``samples`` with ``text`` = ``template`` filled with each clip's two digit names."""
+    for sample in samples:
+        visual, audio = int(sample["visual_digit"]), int(sample["audio_digit"])
+        sample["text"] = template.format(v=DIGIT_NAMES[visual], a=DIGIT_NAMES[audio])
+    return samples
 
 
 CLIP_FIELDS = {
@@ -359,7 +388,10 @@ def make_digits_av_source(config: DigitsAvSpec) -> Source:
     )
     if config.part in ("clips", "qa"):
         fields = CLIP_FIELDS if config.part == "clips" else QA_FIELDS
-        return InMemorySource(load_samples(info.urls("clips", config.split), fields))
+        samples = load_samples(info.urls("clips", config.split), fields)
+        if config.caption_template is not None:
+            samples = recaption(samples, config.caption_template)
+        return InMemorySource(samples)
     labels = load_samples(info.urls("labels", config.split), {"image": "png", "label": "cls"})
     return LabelSource(
         InMemorySource(labels),

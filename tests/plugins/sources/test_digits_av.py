@@ -158,3 +158,41 @@ def test_sources_serve_clips_and_prompted_labels(built: DigitsAvInfo) -> None:
 def test_registered_as_a_source() -> None:
     registry = load_plugins(entry_points=False)
     assert registry.get("source", "digits_av").config is DigitsAvSpec
+
+
+def test_a_caption_template_recaptions_the_clips(built: DigitsAvInfo) -> None:
+    spec = DigitsAvSpec(
+        split="test",
+        cache_dir=built.root,
+        num_train_clips=TRAIN,
+        num_test_clips=TEST,
+        caption_template="a {a} tone with the digit {v}",
+    )
+    clips = make_digits_av_source(spec)
+    for index in range(len(clips)):
+        sample = clips[index]
+        visual, audio = DIGIT_NAMES[sample["visual_digit"]], DIGIT_NAMES[sample["audio_digit"]]
+        assert sample["text"] == f"a {audio} tone with the digit {visual}"
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        (
+            {"caption_template": "digit {v}"},
+            "caption_template 'digit {v}' must name both {v} and {a}",
+        ),
+        (
+            {"caption_template": "{v} {a} {x}"},
+            "caption_template '{v} {a} {x}' is not a template of {v} and {a}: KeyError('x')",
+        ),
+        (
+            {"caption_template": "{v} {a}", "part": "qa"},
+            "caption_template applies to part: clips, not part: qa",
+        ),
+    ],
+)
+def test_an_unusable_caption_template_is_refused(update: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        DigitsAvSpec(**update)  # type: ignore[arg-type]
+    assert caught.value.errors()[0]["msg"] == f"Value error, {message}"  # type: ignore[attr-defined]
