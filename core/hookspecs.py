@@ -24,7 +24,8 @@ def modaloom_register_modalities(registry: Registry) -> None:
 
 @hookspec
 def modaloom_register_objectives(registry: Registry) -> None:
-    """Register objectives (losses with their heads)."""
+    """Register objectives (losses with their heads) and the visual tokenizers that give masked
+    image modelling its targets (``registry.add_visual_tokenizer``)."""
 
 
 @hookspec

@@ -245,6 +245,41 @@ class Objective(nn.Module):
         return query["embedding"] @ target["embedding"].T
 
 
+@dataclass(frozen=True)
+class PixelGrid:
+    """What a visual tokenizer is built for: the vision component's patches and its pixels.
+
+    Attributes:
+        patch: the ViT's patch side p; the tokenizer gives one code per p x p patch.
+        channels: image channels.
+        mean: per-channel mean the images were normalised with (``data.image``).
+        std: per-channel std the images were normalised with.
+    """
+
+    patch: int
+    channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+class VisualTokenizer(nn.Module):
+    """Base of visual tokenizers: discrete targets of masked image modelling (COTS's CMVM).
+
+    Attributes:
+        codes: the size of the code vocabulary K.
+        trainable: its codes are learnt by an objective of its own (``vq``); the others are
+            fixed (``dvae``) or fitted without gradients (``kmeans``).
+    """
+
+    codes: int = 0
+    trainable: bool = False
+
+    def forward(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:  # pragma: no cover
+        """Codes of every patch: (B, C, H, W) normalised pixels -> (B, grid_h * grid_w) long,
+        row-major (the ViT's patch order)."""
+        raise NotImplementedError
+
+
 class Source(ABC):
     """Yields raw samples. Map-style sources implement ``__len__`` and ``__getitem__``."""
 

@@ -15,14 +15,31 @@ if TYPE_CHECKING:
 
     from modaloom.core.compose import BuildContext
     from modaloom.core.evaluation import Evaluator
-    from modaloom.core.interfaces import DataContext, Objective, Processor, Source
+    from modaloom.core.interfaces import (
+        DataContext,
+        Objective,
+        PixelGrid,
+        Processor,
+        Source,
+        VisualTokenizer,
+    )
 
-Kind = Literal["modality", "encoder", "decoder", "objective", "source", "evaluator", "preset"]
+Kind = Literal[
+    "modality",
+    "encoder",
+    "decoder",
+    "objective",
+    "visual_tokenizer",
+    "source",
+    "evaluator",
+    "preset",
+]
 KINDS: tuple[Kind, ...] = (
     "modality",
     "encoder",
     "decoder",
     "objective",
+    "visual_tokenizer",
     "source",
     "evaluator",
     "preset",
@@ -35,6 +52,8 @@ ModuleFactory = Callable[[Any, "BuildContext"], "nn.Module"]
 """``(component config, BuildContext) -> nn.Module`` for encoders and decoders."""
 ObjectiveFactory = Callable[[Any, "BuildContext"], "Objective"]
 """``(objective config, BuildContext) -> Objective``."""
+VisualTokenizerFactory = Callable[[Any, "PixelGrid"], "VisualTokenizer"]
+"""``(visual tokenizer config, PixelGrid) -> VisualTokenizer`` (masked image modelling targets)."""
 SourceFactory = Callable[[Any], "Source"]
 """``(source config) -> Source``."""
 EvaluatorFactory = Callable[[Any], "Evaluator"]
@@ -161,6 +180,18 @@ class Registry:
         """Register an objective under its config's ``type``."""
         return self._add_typed("objective", factory, config, description, **extra)
 
+    def add_visual_tokenizer(
+        self,
+        factory: VisualTokenizerFactory,
+        config: type[BaseModel],
+        *,
+        description: str = "",
+        **extra: Any,
+    ) -> Component:
+        """Register a visual tokenizer (the discrete targets of masked image modelling, COTS's
+        CMVM) under its config's ``type``."""
+        return self._add_typed("visual_tokenizer", factory, config, description, **extra)
+
     def add_source(
         self,
         factory: SourceFactory,
@@ -210,6 +241,10 @@ class Registry:
     def objective_factory(self, name: str) -> ObjectiveFactory:
         """The factory of objective ``name``."""
         return cast("ObjectiveFactory", self._factory("objective", name))
+
+    def visual_tokenizer_factory(self, name: str) -> VisualTokenizerFactory:
+        """The factory of visual tokenizer ``name``."""
+        return cast("VisualTokenizerFactory", self._factory("visual_tokenizer", name))
 
     def source_factory(self, name: str) -> SourceFactory:
         """The factory of source ``name``."""

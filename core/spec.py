@@ -300,6 +300,47 @@ def _problems(error: Mapping[str, Any], tags: set[str]) -> list[tuple[str, str]]
     return [(".".join([*loc, path] if path else loc) or "spec", m) for path, m in cause.problems]
 
 
+def validate_registered(
+    kind: Kind, value: Any, context: Mapping[str, Any] | None, label: str
+) -> BaseModel:
+    """A config nested in another (an objective's ``visual_tokenizer``), validated by the config
+    class that its ``type`` names among the ``kind`` entries of the registry in the validation
+    context (the default registry when there is none).
+
+    Args:
+        kind: the registry kind of the nested config.
+        value: the raw mapping, or an already validated config (returned as it is).
+        context: pydantic's validation context (``{"registry": ...}`` under `load_spec`).
+        label: the kind in words for messages (``visual tokenizer``).
+
+    Raises:
+        SpecProblems: located below the field: an unknown ``type`` (with close matches), or
+            the problems of the nested config.
+    """
+    if isinstance(value, BaseModel):
+        return value
+    registry = (context or {}).get("registry")
+    if registry is None:
+        from modaloom.core.plugins import default_registry
+
+        registry = default_registry()
+    names = registry.names(kind)
+    if not isinstance(value, Mapping) or "type" not in value:
+        raise SpecProblems([("type", f"missing `type`; set it to one of {', '.join(names)}.")])
+    tag = str(value["type"])
+    if tag not in names:
+        close = difflib.get_close_matches(tag, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(names)
+        raise SpecProblems([("type", f"unknown {label} {tag!r}.{hint} Available: {listing}.")])
+    config = registry.get(kind, tag).config
+    assert config is not None
+    try:
+        return config.model_validate(value, context=context)
+    except ValidationError as exc:
+        raise SpecProblems([p for error in exc.errors() for p in _problems(error, set())]) from None
+
+
 def load_spec(
     source: str | Path | Mapping[str, Any],
     overrides: Sequence[str] = (),

@@ -111,6 +111,13 @@ class ObjectiveSpec(Spec):
         return []
 
 
+class VisualTokenizerSpec(Spec):
+    """Base of visual tokenizer configs (an objective's ``visual_tokenizer``, e.g. `mvlm`'s)."""
+
+    type: str
+    """Registered visual tokenizer name."""
+
+
 class SourceSpec(Spec):
     """Base of data source configs (``data.sources.<name>``)."""
 

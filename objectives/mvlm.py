@@ -22,15 +22,15 @@ forward hook on ``vit.embeddings.patch_embeddings`` replaces the masked patch em
 position embeddings are added). CMVM needs images (B, 3, H, W); a video batch contributes no
 CMVM term.
 
-*Visual tokenizer.* COTS uses a frozen DALL-E dVAE (8192 codes). ``{type: dvae}`` is a reserved
-slot that is rejected with a clear message until a pretrained dVAE is provided. The default
-``{type: kmeans, codes: 512}`` (`KMeansPatchTokenizer`) needs no download: a patch's code is its
-nearest centroid (Euclidean) in the space of its raw, data-normalised pixels (3 x p x p values).
-Centroids are buffers (checkpointed): initialised from random patches of the first training
-batch (seeded), then refined by mini-batch k-means (Sculley, 2010: per-centroid learning rate
-``1 / count``) on each of the first ``fit_steps`` training batches, then frozen so the targets
-stop moving. Under DDP the buffers are broadcast from rank 0 at every forward, so all ranks
-follow rank 0's fit.
+*Visual tokenizer.* CMVM's targets come from a registered visual tokenizer
+(`modaloom.objectives.visual_tokenizer`): ``kmeans`` (default, no download), ``dvae`` (DALL-E's
+dVAE encoder, as in COTS) or ``vq`` (a VQ-VAE trained by the ``vq_tokenizer`` objective in a stage
+of its own). Targets never carry a gradient.
+
+*The other stream's global feature.* COTS's Eq. 1-3 add ``g`` to ``h_j`` and state no
+stop-gradient, so by default (``detach_other_stream: false``) the CMLM/CMVM gradient reaches the
+other stream through ``g``, as in the paper. ``detach_other_stream: true`` stops it (SPEC §B8's
+"detached = safest" reading [I]).
 
 Only samples with both modalities take part, restricted to ``features.shared["amf_keep"]`` when
 an earlier ``cots_contrastive`` published it. A caption with no maskable token contributes no
@@ -39,62 +39,37 @@ CMLM term; no term at all gives a zero loss that keeps the graph.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 from transformers import ViTModel
 
 from modaloom.core.compose import BuildContext, FeatureCache
 from modaloom.core.errors import SpecError
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import Objective
+from modaloom.core.interfaces import Objective, PixelGrid, VisualTokenizer
 from modaloom.core.registry import Registry
-from modaloom.core.spec_models import ObjectiveSpec, Reference, Seed, Spec
+from modaloom.core.spec_models import ObjectiveSpec, Reference, VisualTokenizerSpec
 from modaloom.objectives.conditioning import TextTokens, text_tokens
 from modaloom.objectives.cots import AMF_KEEP_KEY
 from modaloom.objectives.losses import zero_loss_like
 from modaloom.objectives.masking import block_mask_patches, mask_tokens_for_mlm
-
-__all__ = ["MVLM", "DVAETokenizerSpec", "KMeansPatchTokenizer", "KMeansTokenizerSpec", "MVLMSpec"]
-
-DVAE_MESSAGE = (
-    "not implemented: provide a pretrained dVAE (COTS uses DALL-E's, 8192 codes) as a visual "
-    "tokenizer plugin, or use {type: kmeans, codes: 512}"
+from modaloom.objectives.visual_tokenizer import (
+    KMeansTokenizerSpec,
+    TokenizerField,
+    build_visual_tokenizer,
+    visual_tokenizer_config,
 )
 
+__all__ = ["MVLM", "MVLMSpec"]
 
-class KMeansTokenizerSpec(Spec):
-    """Codes = nearest centroid of raw patch pixels, fitted online (no download)."""
-
-    type: Literal["kmeans"] = "kmeans"
-    codes: int = Field(512, ge=2)
-    """Size of the visual-token vocabulary (centroids)."""
-    fit_steps: int = Field(1000, ge=0)
-    """Training batches that refine the centroids before they are frozen."""
-    seed: Seed = 0
-    """Seed of the initial choice of patches."""
-
-
-class DVAETokenizerSpec(Spec):
-    """A pretrained dVAE tokenizer (reserved; not implemented)."""
-
-    type: Literal["dvae"] = "dvae"
-    path: str | None = None
-    """Directory of the pretrained dVAE."""
-
-    @model_validator(mode="after")
-    def _not_implemented(self) -> DVAETokenizerSpec:
-        raise ValueError(DVAE_MESSAGE)
-
-
-VisualTokenizerSpec = Annotated[
-    KMeansTokenizerSpec | DVAETokenizerSpec, Field(discriminator="type")
-]
+logger = logging.getLogger(__name__)
 
 
 class MVLMSpec(ObjectiveSpec):
@@ -113,91 +88,27 @@ class MVLMSpec(ObjectiveSpec):
     """Fraction of caption tokens chosen for prediction (COTS: 15%)."""
     patch_mask_ratio: float = Field(0.4, gt=0.0, lt=1.0)
     """Fraction of patches masked block-wise (COTS: 40%)."""
-    visual_tokenizer: VisualTokenizerSpec = KMeansTokenizerSpec()
-    """Where CMVM's targets come from (see `modaloom.objectives.mvlm`); ``type`` defaults to
-    ``kmeans``."""
+    visual_tokenizer: TokenizerField = KMeansTokenizerSpec()
+    """Where CMVM's targets come from: a registered visual tokenizer (``kmeans``, ``dvae``,
+    ``vq``; see `modaloom.objectives.visual_tokenizer`); ``type`` defaults to ``kmeans``."""
+    detach_other_stream: bool = False
+    """Stop the gradient of CMLM/CMVM at the other stream's global feature ``g`` (COTS's Eq. 1-3
+    state no stop-gradient: ``false``, the paper's behaviour)."""
 
     def references(self) -> list[Reference]:
         """``vision`` and ``text`` name components."""
         return [Reference("vision", self.vision), Reference("text", self.text)]
 
-    @model_validator(mode="before")
+    @field_validator("visual_tokenizer", mode="before")
     @classmethod
-    def _kmeans_by_default(cls, data: Any) -> Any:
-        tokenizer = data.get("visual_tokenizer") if isinstance(data, dict) else None
-        if isinstance(tokenizer, dict) and "type" not in tokenizer:
-            data = {**data, "visual_tokenizer": {"type": "kmeans", **tokenizer}}
-        return data
+    def _registered_tokenizer(cls, value: Any, info: ValidationInfo) -> VisualTokenizerSpec:
+        return visual_tokenizer_config(value, info)
 
     @model_validator(mode="after")
     def _one_term(self) -> MVLMSpec:
         if not (self.cmlm or self.cmvm):
             raise ValueError("enable cmlm, cmvm or both")
         return self
-
-
-def patchify(pixels: Tensor, patch: int) -> Tensor:
-    """(B, C, H, W) -> (B, N, C*p*p) row-major patches (the ViT's patch order)."""
-    return F.unfold(pixels, kernel_size=patch, stride=patch).transpose(1, 2)
-
-
-class KMeansPatchTokenizer(nn.Module):
-    """Nearest-centroid codes of raw patches, centroids fitted by online mini-batch k-means.
-
-    Args:
-        codes: K.
-        patch_dim: C*p*p.
-        fit_steps: training calls that update the centroids.
-        seed: seeds the choice of initial patches.
-    """
-
-    centroids: Tensor
-    counts: Tensor
-    steps: Tensor
-
-    def __init__(self, codes: int, patch_dim: int, fit_steps: int, seed: int = 0) -> None:
-        super().__init__()
-        self.fit_steps, self.seed = fit_steps, seed
-        self.register_buffer("centroids", torch.zeros(codes, patch_dim))
-        self.register_buffer("counts", torch.zeros(codes))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    def assign(self, patches: Tensor) -> Tensor:
-        """(M, d) -> (M,) index of the nearest centroid."""
-        centroids = self.centroids.to(patches.dtype)
-        distances = (
-            patches.pow(2).sum(1, keepdim=True)
-            - 2 * patches @ centroids.T
-            + centroids.pow(2).sum(1)[None]
-        )
-        return distances.argmin(dim=1)
-
-    @torch.no_grad()
-    def fit_step(self, patches: Tensor) -> None:
-        """One mini-batch k-means update with (M, d) patches (the first call initialises)."""
-        patches = patches.float()
-        if int(self.steps) == 0:
-            generator = torch.Generator().manual_seed(self.seed)
-            pick = torch.randint(patches.shape[0], (self.centroids.shape[0],), generator=generator)
-            self.centroids.copy_(patches[pick.to(patches.device)])
-        codes = self.assign(patches)
-        sums = torch.zeros_like(self.centroids).index_add_(0, codes, patches)
-        hits = torch.bincount(codes, minlength=self.centroids.shape[0]).to(self.counts)
-        self.counts.add_(hits)
-        used = hits > 0
-        means = sums[used] / hits[used, None]
-        rate = (hits[used] / self.counts[used])[:, None]
-        self.centroids[used] += rate * (means - self.centroids[used])
-        self.steps.add_(1)
-
-    @torch.no_grad()
-    def forward(self, pixels: Tensor, patch: int) -> Tensor:
-        """Codes of every patch, (B, N) long; refines the centroids first while fitting."""
-        patches = patchify(pixels.float(), patch)
-        flat = patches.flatten(0, 1)
-        if int(self.steps) == 0 or (self.training and int(self.steps) < self.fit_steps):
-            self.fit_step(flat)
-        return self.assign(flat).view(patches.shape[:2])
 
 
 class MVLM(Objective):
@@ -208,8 +119,8 @@ class MVLM(Objective):
         dim_text: D of the text component.
         dim_vision: D of the vision component.
         tokens: special ids and vocabulary size of the text tokenizer.
+        tokenizer: CMVM's visual tokenizer (``None`` without CMVM).
         patch: patch size p (CMVM).
-        channels: image channels (CMVM).
     """
 
     def __init__(
@@ -218,11 +129,12 @@ class MVLM(Objective):
         dim_text: int,
         dim_vision: int,
         tokens: TextTokens,
+        tokenizer: VisualTokenizer | None = None,
         patch: int = 16,
-        channels: int = 3,
     ) -> None:
         super().__init__()
         self.config, self.tokens, self.patch = config, tokens, patch
+        self._warned_untrained = False
         if config.cmlm:
             self.image_to_text = nn.Linear(dim_vision, dim_text)
             self.mlm_head = nn.Sequential(
@@ -232,15 +144,17 @@ class MVLM(Objective):
                 nn.Linear(dim_text, tokens.vocab_size),
             )
         if config.cmvm:
-            tokenizer = config.visual_tokenizer
-            assert isinstance(tokenizer, KMeansTokenizerSpec)
+            if tokenizer is None:
+                raise ValueError("cmvm needs a visual tokenizer")
             self.mask_embedding = nn.Parameter(torch.zeros(dim_vision))
             nn.init.trunc_normal_(self.mask_embedding, std=0.02)
             self.text_to_image = nn.Linear(dim_text, dim_vision)
             self.mvm_head = nn.Linear(dim_vision, tokenizer.codes)
-            self.tokenizer = KMeansPatchTokenizer(
-                tokenizer.codes, channels * patch * patch, tokenizer.fit_steps, tokenizer.seed
-            )
+            self.tokenizer = tokenizer
+
+    def other_stream(self, pooled: Tensor) -> Tensor:
+        """The other stream's global feature ``g``, detached when ``detach_other_stream``."""
+        return pooled.detach() if self.config.detach_other_stream else pooled
 
     def rows(self, features: FeatureCache) -> Tensor:
         """(b,) indices of the samples taking part (both modalities, AMF-kept)."""
@@ -268,7 +182,7 @@ class MVLM(Objective):
         if not bool(chosen.any()):
             return None
         hidden = features.components[cfg.text]({"input_ids": masked, "attention_mask": mask})
-        image = self.image_to_text(features[cfg.vision].pooled[rows].detach())  # (b, D_t)
+        image = self.image_to_text(self.other_stream(features[cfg.vision].pooled[rows]))  # (b, D_t)
         states = hidden.sequence + image[:, None]
         return F.cross_entropy(self.mlm_head(states[chosen]), labels[chosen])
 
@@ -286,6 +200,20 @@ class MVLM(Objective):
         finally:
             handle.remove()
 
+    def targets(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The visual tokenizer's codes (b, N); a trainable one that never trained warns once."""
+        tokenizer = self.tokenizer
+        untrained = tokenizer.trainable and not int(getattr(tokenizer, "trained_steps", 1))
+        if untrained and not self._warned_untrained:
+            self._warned_untrained = True
+            logger.warning(
+                "cmvm uses the codes of an untrained %s visual tokenizer; train it first in "
+                "a stage whose source has objectives: [vq_tokenizer]",
+                self.config.visual_tokenizer.type,
+            )
+        with torch.no_grad():
+            return tokenizer(pixels, grid)
+
     def cmvm(self, features: FeatureCache, rows: Tensor) -> Tensor | None:
         """Masked-patch loss over the selected images; ``None`` for video batches."""
         cfg = self.config
@@ -298,10 +226,10 @@ class MVLM(Objective):
         mask = block_mask_patches(
             rows.numel(), grid_h, grid_w, cfg.patch_mask_ratio, device=pixels.device
         )
-        targets = self.tokenizer(pixels, self.patch)  # (b, N)
+        targets = self.targets(pixels, (grid_h, grid_w))  # (b, N)
         with self.masked_patches(cast(ViTModel, component.vit), mask):
             hidden = component({"pixel_values": pixels}).sequence[:, 1:]  # drop [CLS]
-        text = self.text_to_image(features[cfg.text].pooled[rows].detach())  # (b, D_v)
+        text = self.text_to_image(self.other_stream(features[cfg.text].pooled[rows]))  # (b, D_v)
         states = hidden + text[:, None]
         return F.cross_entropy(self.mvm_head(states[mask]), targets[mask])
 
@@ -320,9 +248,7 @@ class MVLM(Objective):
 def make_mvlm(config: MVLMSpec, ctx: BuildContext) -> MVLM:
     """Registry factory of ``mvlm``."""
     where = "model.objectives.mvlm"
-    if not isinstance(config.visual_tokenizer, KMeansTokenizerSpec):  # pragma: no cover
-        raise SpecError([(f"{where}.visual_tokenizer", DVAE_MESSAGE)])
-    patch, channels = 16, 3
+    tokenizer, patch = None, 16
     if config.cmvm:
         component = ctx.component(config.vision)
         vit = getattr(component, "vit", None)
@@ -338,15 +264,30 @@ def make_mvlm(config: MVLMSpec, ctx: BuildContext) -> MVLM:
             )
         size = vit.config.patch_size
         patch = int(size if isinstance(size, int) else size[0])
-        channels = int(vit.config.num_channels)
+        grid = pixel_grid(ctx, patch, int(vit.config.num_channels))
+        try:
+            tokenizer = build_visual_tokenizer(config.visual_tokenizer, grid, ctx.registry)
+        except SpecError as exc:
+            located = [(f"{where}.{path}", problem) for path, problem in exc.problems]
+            raise SpecError(located) from None
     return MVLM(
         config,
         ctx.output_dim(config.text),
         ctx.output_dim(config.vision),
         text_tokens(ctx, where),
+        tokenizer,
         patch,
-        channels,
     )
+
+
+def pixel_grid(ctx: BuildContext, patch: int, channels: int) -> PixelGrid:
+    """The patch grid and the pixel normalisation of the ``image`` processor (ImageNet's,
+    logged once at WARNING, when the model is built without one)."""
+    pixels = getattr(ctx.processors.get("image"), "pixels", None)
+    if pixels is None:
+        logger.warning("mvlm: no image processor; the visual tokenizer assumes ImageNet's mean/std")
+        return PixelGrid(patch, channels)
+    return PixelGrid(patch, channels, tuple(pixels.mean), tuple(pixels.std))
 
 
 @hookimpl

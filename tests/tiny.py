@@ -127,13 +127,30 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
         "tiny": {"visual_tokenizer": {"type": "kmeans", "codes": 8}},
         "requires": IMAGE_TEXT_BATCH,
     },
+    "vq_tokenizer": {
+        "tiny": {},
+        "requires": {
+            **IMAGE_TEXT_BATCH,
+            "objectives": [{"type": "mvlm", "visual_tokenizer": {"type": "vq", "codes": 8}}],
+        },
+    },
 }
 """Each built-in objective's spec fields (``tiny``) and the components and batch fields of the
-tiny model it trains in (``requires``)."""
+tiny model it trains in (``requires``; ``objectives``: others built before it, which it uses)."""
+
+VISUAL_TOKENIZERS: dict[str, dict[str, Any]] = {
+    "kmeans": {"codes": 8, "fit_steps": 2},
+    "dvae": {"codes": 16, "hidden": 8, "blocks_per_group": 1},
+    "vq": {"codes": 8, "dim": 4, "hidden": 8, "downsample": 2},
+}
+"""Each built-in visual tokenizer's spec fields (minus ``type``); a ``dvae`` test adds ``path``
+(random weights saved in its layout)."""
 
 
 def tiny_entry(component: Component) -> dict[str, Any] | None:
     """A component's tiny entry: from `ENCODERS`/`OBJECTIVES`, else its registered ``tiny``."""
+    if component.kind == "visual_tokenizer" and component.name in VISUAL_TOKENIZERS:
+        return dict(VISUAL_TOKENIZERS[component.name])
     table = OBJECTIVES if component.kind == "objective" else ENCODERS
     if component.name in table:
         entry = table[component.name]

@@ -21,7 +21,8 @@ from modaloom.core.spec import load_spec
 from modaloom.modalities.text import TextProcessor, train_wordpiece
 from modaloom.objectives.cots import AMF_KEEP_KEY
 from modaloom.objectives.masking import block_mask_patches, mask_tokens_for_mlm
-from modaloom.objectives.mvlm import MVLM, KMeansPatchTokenizer, MVLMSpec, patchify
+from modaloom.objectives.mvlm import MVLM, MVLMSpec
+from modaloom.objectives.visual_tokenizer import KMeansPatchTokenizer, patchify
 from modaloom.tests.tiny import TINY_BERT, TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)
@@ -59,7 +60,7 @@ def mvlm_of(model: LoomModel) -> MVLM:
     return objective
 
 
-def test_cmlm_is_masked_token_ce_with_the_detached_image_feature() -> None:
+def test_cmlm_is_masked_token_ce_with_the_image_feature() -> None:
     model = build(cmvm=False)
     mvlm = mvlm_of(model)
     data = batch()
@@ -84,9 +85,23 @@ def test_cmlm_is_masked_token_ce_with_the_detached_image_feature() -> None:
     chosen = labels != -100
     assert chosen.any(dim=1).all()  # one or more words per caption
     assert_close(loss, F.cross_entropy(mvlm.mlm_head(states[chosen]), labels[chosen]))
-    loss.backward()
-    vision_grads = [p.grad for p in model.components["vision"].parameters()]
-    assert all(g is None or not g.any() for g in vision_grads)  # g^v is detached
+
+
+def _stream_grads(model: LoomModel, component: str, term: str) -> list[bool]:
+    """Which of ``component``'s parameters get a non-zero gradient from ``term`` alone."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
+    mvlm_of(model)(FeatureCache(model, batch()))[term].backward()
+    return [
+        p.grad is not None and bool(p.grad.any()) for p in model.components[component].parameters()
+    ]
+
+
+@pytest.mark.parametrize(("term", "other"), [("cmlm_loss", "vision"), ("cmvm_loss", "text")])
+def test_the_other_stream_gets_the_gradient_unless_detached(term: str, other: str) -> None:
+    """COTS Eq. 1-3 state no stop-gradient: g reaches the other stream by default (issue 16)."""
+    assert any(_stream_grads(build(), other, term))
+    assert not any(_stream_grads(build(detach_other_stream=True), other, term))
 
 
 def test_cmvm_hook_masks_patches_exactly_like_hf_bool_masked_pos() -> None:
@@ -142,7 +157,7 @@ def test_a_caption_without_maskable_tokens_adds_no_cmlm_term() -> None:
 
 
 def test_kmeans_tokenizer_assigns_nearest_centroid_and_updates_by_count() -> None:
-    tokenizer = KMeansPatchTokenizer(codes=2, patch_dim=2, fit_steps=2)
+    tokenizer = KMeansPatchTokenizer(codes=2, patch=1, channels=2, fit_steps=2)
     tokenizer.centroids.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
     tokenizer.counts.copy_(torch.tensor([2.0, 0.0]))
     tokenizer.steps.fill_(1)  # already initialised
@@ -153,28 +168,48 @@ def test_kmeans_tokenizer_assigns_nearest_centroid_and_updates_by_count() -> Non
     assert_close(tokenizer.centroids, torch.tensor([[1.0, 0.5], [9.0, 9.0]]))
     assert tokenizer.counts.tolist() == [4.0, 1.0]
     frozen = tokenizer.centroids.clone()
-    tokenizer.train()(torch.randn(1, 2, 2, 2), patch=1)  # steps 2 == fit_steps: no change
+    tokenizer.train()(torch.randn(1, 2, 2, 2), (2, 2))  # steps 2 == fit_steps: no change
     assert torch.equal(tokenizer.centroids, frozen)
 
 
 def test_kmeans_first_call_initialises_from_the_batch_patches() -> None:
-    tokenizer = KMeansPatchTokenizer(codes=4, patch_dim=3 * 4, fit_steps=1, seed=0)
+    tokenizer = KMeansPatchTokenizer(codes=4, patch=2, channels=3, fit_steps=1, seed=0)
     pixels = torch.randn(2, 3, 4, 4)
-    codes = tokenizer(pixels, patch=2)
+    codes = tokenizer(pixels, (2, 2))
     assert codes.shape == (2, 4) and int(tokenizer.steps) == 1
     patches = patchify(pixels, 2).flatten(0, 1)
     nearest = torch.cdist(tokenizer.centroids, patches).min(dim=1).values
     assert (nearest < torch.cdist(patches, patches).max()).all()  # centroids live among patches
 
 
-def test_a_dvae_tokenizer_is_refused_with_its_path_and_the_way_out() -> None:
+def test_a_dvae_tokenizer_without_its_weights_is_refused_with_the_way_out() -> None:
     with pytest.raises(SpecError) as info:
         load_spec("cots-tiny", ["model.objectives.1.visual_tokenizer={type: dvae}"], REGISTRY)
     assert info.value.problems == [
+        ("model.objectives.1.visual_tokenizer.path", "required field is missing; add it.")
+    ]
+    with pytest.raises(SpecError) as info:
+        load_spec(
+            "cots-tiny",
+            ["model.objectives.1.visual_tokenizer={type: dvae, path: /no/such.safetensors}"],
+            REGISTRY,
+        )
+    assert info.value.problems == [
         (
-            "model.objectives.1.visual_tokenizer.dvae",
-            "not implemented: provide a pretrained dVAE (COTS uses DALL-E's, 8192 codes) as a "
-            "visual tokenizer plugin, or use {type: kmeans, codes: 512}",
+            "model.objectives.1.visual_tokenizer.path",
+            "/no/such.safetensors is not a file; convert DALL-E's encoder.pkl with "
+            "scripts/convert_dalle_encoder.py",
+        )
+    ]
+
+
+def test_an_unknown_visual_tokenizer_names_the_registered_ones() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec("cots-tiny", ["model.objectives.1.visual_tokenizer={type: dvea}"], REGISTRY)
+    assert info.value.problems == [
+        (
+            "model.objectives.1.visual_tokenizer.type",
+            "unknown visual tokenizer 'dvea'. Did you mean 'dvae'? Available: dvae, kmeans, vq.",
         )
     ]
 

@@ -9,7 +9,9 @@ covered without editing this file, provided it has a tiny entry: a built-in's in
 * ``requires={"components": {name: component spec fields}, "batch": [field, ...]}``: the
   components of the tiny `LoomModel` (validated with their registered spec classes and built
   by `build_model` with a WordPiece text processor trained on a few captions) and the batch
-  fields to synthesise. Default: ``{"components": {"vision": tiny vit, "text": tiny bert},
+  fields to synthesise; optionally ``"objectives": [spec fields, ...]``, objectives built
+  before it that it uses (``vq_tokenizer`` trains an ``mvlm``'s tokenizer). Default:
+  ``{"components": {"vision": tiny vit, "text": tiny bert},
   "batch": ["image", "text"]}`` (what the in-batch ``itc`` needs).
 
 Known batch fields (B = 4)::
@@ -108,7 +110,11 @@ def tiny_model(registry: Registry, objective: Component, **overrides: Any) -> Lo
     assert objective.config is not None
     tiny = {**(tiny_entry(objective) or {}), **overrides}
     spec = objective.config.model_validate({"type": objective.name, **tiny})
-    model_spec = SimpleNamespace(components=components, objectives=[spec])
+    others = [
+        registry.get("objective", fields["type"]).config.model_validate(fields)  # type: ignore[union-attr]
+        for fields in requires.get("objectives", [])
+    ]
+    model_spec = SimpleNamespace(components=components, objectives=[*others, spec])
     return build_model(model_spec, registry, {"text": PROCESSOR})
 
 
