@@ -29,6 +29,11 @@ class JsonlSpec(SourceSpec):
     """Fields holding media paths (read from disk by the processors)."""
     key_field: str | None = "id"
     """Field used as the sample key when present; the line number otherwise."""
+    fields: dict[str, str] = {}
+    """Sample fields read from another manifest field, ``{sample field: manifest field}``:
+    ``{audio: video}`` decodes each line's audio track from its ``video`` file (MSR-VTT's mp4s,
+    as a webdataset source's ``fields: {video: mp4, audio: mp4}`` does). A mapped field replaces
+    one of the same name in the line; lines without the manifest field lack the sample field."""
 
 
 class JsonlSource(Source):
@@ -69,7 +74,10 @@ class JsonlSource(Source):
             str(record[key_field]) if key_field and key_field in record else f"{path.name}:{number}"
         )
         sample: RawSample = {"__key__": key}
-        for field, value in record.items():
+        mapped = {
+            target: record[field] for target, field in self.config.fields.items() if field in record
+        }
+        for field, value in {**record, **mapped}.items():
             if field in self.config.media_fields and isinstance(value, str):
                 value = str((self.root / value).resolve())
             sample[field] = value
