@@ -16,6 +16,7 @@ import pluggy
 from modaloom.core.demo import DEMO_PRESETS
 from modaloom.core.errors import ModaloomError, SpecError
 from modaloom.core.plugins import default_registry
+from modaloom.core.portable import provided_by
 from modaloom.core.spec import build_spec_class, load_spec
 
 if TYPE_CHECKING:
@@ -46,8 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modaloom.core.runner import train
 
     keep = [f"train.keep_last={args.keep_last}"] if args.keep_last is not None else []
-    spec = load_spec(args.spec, [*args.set, *keep])
     output = Path(args.output) if args.output else default_output(args.spec)
+    provided = provided_by(output) if args.resume else frozenset()  # what the run kept
+    spec = load_spec(args.spec, [*args.set, *keep], provided=provided)
     result = train(
         spec,
         output,
@@ -82,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from modaloom.core.inference import load_run
 
     registry = default_registry()
-    spec = load_spec(args.spec, args.set, registry)
+    spec = load_spec(args.spec, args.set, registry, provided=provided_by(args.checkpoint))
     if not spec.eval:
         raise ModaloomError(f"{args.spec} has no `eval:` section; add an evaluator")
     state = start_processes()
@@ -94,6 +96,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_metrics(output, metrics)
     print(format_table(metrics))
     print(f"wrote {output}")
+    return 0
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from modaloom.core.export import export_component, export_model
+
+    if args.component is None:
+        written = export_model(args.run, args.output)
+    else:
+        written = export_component(args.run, args.component, args.output)
+    print(f"wrote {args.output}: {', '.join(written)}")
     return 0
 
 
@@ -239,7 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory (newest checkpoint) or a step-N directory",
     )
     evaluate.add_argument("--output", help="metrics file (default: CHECKPOINT/metrics.json)")
-    data = sub.add_parser("data", help="pack and inspect webdataset shards")
+    export = sub.add_parser(
+        "export", help="write a run's component in its Hugging Face layout, or the whole model"
+    )
+    export.add_argument("run", help="a run directory (newest checkpoint) or a step-N directory")
+    export.add_argument(
+        "--component",
+        help="one component (e.g. vision), for its transformers class's from_pretrained; "
+        "omit to export the whole model for modaloom.load",
+    )
+    export.add_argument("--output", required=True, help="a new or empty directory")
+    data = sub.add_parser("data", help="convert datasets, pack and inspect webdataset shards")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     pack = data_sub.add_parser("pack", help="write a JSONL manifest into tar shards")
     pack.add_argument("manifest", help="JSONL manifest with media paths relative to it")

@@ -105,3 +105,7 @@ class RunDirectoryError(ModaloomError):
 
 class RemoteCodeError(ModaloomError):
     """A model or tokenizer directory asks to run its own code (``auto_map``); never allowed."""
+
+
+class ExportError(ModaloomError):
+    """A component or run cannot be written in the layout asked for (``modaloom export``)."""

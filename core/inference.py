@@ -26,6 +26,7 @@ from modaloom.core.errors import CheckpointError
 from modaloom.core.generation import TextGenerator
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
+from modaloom.core.portable import portable_model, provided_values
 from modaloom.core.run_dir import CHECKPOINTS_DIR, SPEC_FILE
 from modaloom.core.runner import ARTIFACTS_DIR
 from modaloom.core.spec import load_spec
@@ -38,7 +39,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint directory) from either of them.
 
     A run directory gives its newest intact checkpoint (meta.json and the weights verified);
-    each newer damaged one is skipped with a warning.
+    each newer damaged one is skipped with a warning. A directory that holds both the weights
+    and ``spec.yaml`` (``modaloom export RUN --output DIR``) is its own run directory.
 
     Raises:
         CheckpointError: nothing loadable there, or the checkpoint named is damaged.
@@ -48,7 +50,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         problem = checkpoint_problem(path, weights_only=True)
         if problem is not None:
             raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
-        return path.parent.parent, path
+        return (path if (path / SPEC_FILE).is_file() else path.parent.parent), path
     found, damaged = newest_intact(path / CHECKPOINTS_DIR, weights_only=True)
     if found is None and damaged:
         raise CheckpointError(f"no intact checkpoint in {path}: {describe_damage(damaged)}")
@@ -98,6 +100,7 @@ def load_run(
     run_dir, step_dir = resolve_checkpoint(checkpoint)
     if spec is None:
         spec_path = run_dir / SPEC_FILE
+    artifacts = run_dir / ARTIFACTS_DIR
         if not spec_path.is_file():
             raise CheckpointError(f"{run_dir} has no {SPEC_FILE}; pass the spec explicitly")
         try:
@@ -106,12 +109,13 @@ def load_run(
             raise CheckpointError(
                 f"{spec_path} is not valid YAML; pass the spec explicitly"
             ) from None
-        spec = load_spec(tree, registry=registry)
+        spec = load_spec(tree, registry=registry, provided=provided_values(artifacts))
     sources: dict[str, Source] = {}
     if with_sources:
         sources = build_sources({**spec.data.sources, **spec.data.eval_sources}, registry)
-    processors = build_processors(spec.data, registry, {}, run_dir / ARTIFACTS_DIR, spec.model)
-    model = build_model(spec.model, registry, processors)
+    model_spec = portable_model(spec.model, artifacts)  # never the pretrained checkpoints
+    processors = build_processors(spec.data, registry, {}, artifacts, model_spec)
+    model = build_model(model_spec, registry, processors)
     load_weights(model, step_dir)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(target).eval()

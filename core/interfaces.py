@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_ch
 import torch
 from torch import Tensor, nn
 
+from modaloom.core.errors import ExportError
+
 if TYPE_CHECKING:
     from modaloom.core.compose import FeatureCache
 
@@ -109,6 +111,16 @@ class Processor(ABC):
     def save(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Persist learned state (a trained tokenizer) so evaluation and resume reuse it."""
 
+    def export(self, directory: Path) -> list[str]:
+        """Write this processor's settings into ``directory`` in Hugging Face's format (a
+        tokenizer's files, ``preprocessor_config.json``), so that a model exported beside them
+        is used with the same inputs (``modaloom export``).
+
+        Returns:
+            The names of the files written; none by default.
+        """
+        return []
+
 
 class Encoder(nn.Module):
     """Base of encoder components: maps a modality's collated tensors to an `EncoderOutput`.
@@ -127,6 +139,29 @@ class Encoder(nn.Module):
     def stage_actions(self) -> dict[str, Callable[[], None]]:
         """Named in-place operations a training stage may run when it starts (``inflate``)."""
         return {}
+
+    export_class: str | None = None
+    """The Hugging Face `transformers` class that loads `export_pretrained`'s directory
+    (``ViTModel``); ``None``: this component has no such layout."""
+
+    def save_config(self, directory: Path) -> None:
+        """Write the configuration that rebuilds this component's architecture as it is built
+        now (``config.json``), without weights: a run keeps it so that it never reads the
+        component's ``pretrained`` checkpoint again (`modaloom.core.portable`).
+
+        Raises:
+            ExportError: this component cannot be rebuilt without its checkpoint (the default).
+        """
+        raise ExportError(f"{type(self).__name__} cannot save its configuration")
+
+    def export_pretrained(self, directory: Path) -> None:
+        """Write this component's configuration and weights in its library's own layout, which
+        `export_class`'s ``from_pretrained`` loads with every weight equal.
+
+        Raises:
+            ExportError: this component has no such layout (the default).
+        """
+        raise ExportError(f"{type(self).__name__} has no Hugging Face layout")
 
 
 DecoderMode = Literal["causal", "bidirectional", "prefix"]

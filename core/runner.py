@@ -14,7 +14,7 @@ from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_
 from tqdm.auto import tqdm
 
 from modaloom.core import checkpoint as ckpt
-from modaloom.core import fsdp, run_dir, run_metrics, run_state
+from modaloom.core import fsdp, portable, run_dir, run_metrics, run_state
 from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import build_processors, build_sources
 from modaloom.core.errors import ModaloomError
@@ -280,13 +280,17 @@ def setup_session(
     artifacts = output_dir / ARTIFACTS_DIR
     with accelerator.main_process_first():
         saved = init.artifacts if init is not None and init.artifacts is not None else artifacts
-        processors = build_processors(spec.data, registry, sources, saved, spec.model)
+        processors = build_processors(spec.data, registry, sources, saved, model_spec)
         if accelerator.is_main_process and save_artifacts:
             artifacts.mkdir(parents=True, exist_ok=True)
             for processor in processors.values():
+    # a resumed run rebuilds its pretrained components from what it kept, never the checkpoints
+    model_spec = spec.model if save_artifacts else portable.portable_model(spec.model, artifacts)
                 processor.save(artifacts)
     set_seed(train.seed)  # model init does not depend on how the tokenizer was obtained
-    model = build_model(spec.model, registry, processors)
+    model = build_model(model_spec, registry, processors)
+    if accelerator.is_main_process and save_artifacts:
+        portable.save_components(spec, model.components, model.inputs, processors, artifacts)
     for index, stage in enumerate(train.resolved_stages()):
         stage_actions(model, stage, index)  # unknown actions fail before training starts
     check_stage_data(spec)

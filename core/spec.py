@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args
 
@@ -269,13 +269,17 @@ def _describe(error: Mapping[str, Any], tags: set[str]) -> tuple[str, str]:
 
 
 def validate_tree(
-    tree: Mapping[str, Any], registry: Registry, source: str = "spec"
+    tree: Mapping[str, Any],
+    registry: Registry,
+    source: str = "spec",
+    provided: Collection[str] = (),
 ) -> ExperimentSpec:
     """Validate a resolved mapping into an `ExperimentSpec`, raising `SpecError`.
 
     Infinite and NaN numbers and integers beyond 64 bits are refused anywhere in the tree
     (``lr: .inf``, a component's ``config``); validators find the registry in the validation
-    context.
+    context, and ``provided``: paths a run kept what it took from (`modaloom.core.portable`),
+    which need not exist any more.
     """
     check_size(tree, source)
     numbers = number_problems(tree)
@@ -283,7 +287,8 @@ def validate_tree(
         raise SpecError(numbers, source=source)
     spec_class = build_spec_class(registry)
     try:
-        return spec_class.model_validate(tree, context={"registry": registry})
+        context = {"registry": registry, "provided": frozenset(provided)}
+        return spec_class.model_validate(tree, context=context)
     except ValidationError as exc:
         tags = {c.name for c in registry if c.kind != "preset"}
         problems = [problem for error in exc.errors() for problem in _problems(error, tags)]
@@ -345,6 +350,7 @@ def load_spec(
     source: str | Path | Mapping[str, Any],
     overrides: Sequence[str] = (),
     registry: Registry | None = None,
+    provided: Collection[str] = (),
 ) -> ExperimentSpec:
     """Resolve presets and ``base:``, apply ``--set`` overrides, and validate.
 
@@ -352,6 +358,8 @@ def load_spec(
         source: a YAML file, a registered preset name, or an already parsed mapping.
         overrides: ``dotted.path=value`` strings applied after ``base:`` merging.
         registry: the registry to validate against (the default one when omitted).
+        provided: ``pretrained`` and tokenizer paths a run being rebuilt kept what it took
+            from (`modaloom.core.portable.provided_values`): they need not exist any more.
 
     Returns:
         An `ExperimentSpec` (an instance of the class the registry's components narrow).
@@ -367,7 +375,7 @@ def load_spec(
     for assignment in overrides:
         apply_override(tree, assignment)
     label = str(source) if not isinstance(source, Mapping) else "spec"
-    return validate_tree(tree, registry, source=label)
+    return validate_tree(tree, registry, source=label, provided=provided)
 
 
 def spec_to_tree(spec: BaseModel) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from modaloom.core.data import SampleDecoder, pretrained_inputs
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import DataContext, Processor, Source
+from modaloom.core.portable import portable_model
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ExperimentSpec, Spec, StageSpec
 from modaloom.core.stream import StreamPlan, TrainStream, split_sources
@@ -146,7 +147,7 @@ def stage_processors(
         for source in sources.values():
             yield from source.texts()
 
-    pretrained = pretrained_inputs(spec.model, registry)
+    pretrained = pretrained_inputs(portable_model(spec.model, artifact_dir), registry)
     ctx = DataContext(artifact_dir=artifact_dir, texts=texts, pretrained=pretrained)
     rebuilt = {name: registry.processor_factory(name)(s, ctx) for name, s in settings.items()}
     return {**processors, **rebuilt}

@@ -9,6 +9,7 @@ log-Mel filterbank (25 ms Hamming window, 10 ms hop, ``mel_bins`` bins), padded 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -168,6 +169,23 @@ class AudioProcessor(Processor):
         present = torch.tensor([item is not None for item in items], dtype=torch.bool)
         spectra = torch.stack([(empty if item is None else item)["spectrogram"] for item in items])
         return {"spectrogram": spectra, "present": present}
+
+    def export(self, directory: Path) -> list[str]:
+        """The spectrogram settings as a `transformers` `ASTFeatureExtractor`
+        (``preprocessor_config.json``): Kaldi fbank of ``mel_bins`` bins at ``sample_rate``,
+        ``target_length`` frames, ``(fbank - mean) / (2 * std)``, as here."""
+        from transformers import ASTFeatureExtractor
+
+        config = self.config
+        extractor = ASTFeatureExtractor(
+            num_mel_bins=config.mel_bins,
+            max_length=config.target_length,
+            sampling_rate=config.sample_rate,
+            mean=config.mean,
+            std=config.std,
+        )
+        extractor.save_pretrained(str(directory))
+        return ["preprocessor_config.json"]
 
 
 def make_audio_processor(config: AudioSpec, ctx: DataContext) -> AudioProcessor:

@@ -8,6 +8,7 @@ their pooled features averaged (SPEC §A2).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -19,7 +20,15 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, Pooling, load_hf_model, log_resize, pool_tokens
+from modaloom.modalities.hf import (
+    HFEncoderSpec,
+    Pooling,
+    load_hf_model,
+    log_resize,
+    pool_tokens,
+    save_hf_config,
+    save_hf_model,
+)
 
 __all__ = ["ASTEncoder", "ASTEncoderSpec", "load_ast", "resize_ast_positions"]
 
@@ -86,6 +95,14 @@ class ASTEncoder(Encoder):
         sequence = tokens.unflatten(0, (batch, clips)).flatten(1, 2)
         pooled = per_clip.unflatten(0, (batch, clips)).mean(dim=1)
         return EncoderOutput(sequence, pooled, None)
+
+    export_class = "ASTModel"
+
+    def save_config(self, directory: Path) -> None:
+        save_hf_config(self.ast, directory)
+
+    def export_pretrained(self, directory: Path) -> None:
+        save_hf_model(self.ast, directory)
 
 
 def resize_ast_positions(ast: ASTModel, num_mel_bins: int, max_length: int) -> None:

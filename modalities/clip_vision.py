@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from torch import Tensor
@@ -11,7 +12,13 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, load_hf_model, log_position_resize
+from modaloom.modalities.hf import (
+    HFEncoderSpec,
+    load_hf_model,
+    log_position_resize,
+    save_hf_config,
+    save_hf_model,
+)
 from modaloom.modalities.image import visual_size
 
 __all__ = ["CLIPVisionEncoder", "CLIPVisionSpec", "load_clip_vision"]
@@ -63,6 +70,14 @@ class CLIPVisionEncoder(Encoder):
         sequence = output.last_hidden_state.unflatten(0, (batch, frames)).flatten(1, 2)
         pooled = output.pooler_output.unflatten(0, (batch, frames)).mean(dim=1)
         return EncoderOutput(sequence, pooled, None)
+
+    export_class = "CLIPVisionModel"
+
+    def save_config(self, directory: Path) -> None:
+        save_hf_config(self.clip, directory)
+
+    def export_pretrained(self, directory: Path) -> None:
+        save_hf_model(self.clip, directory)
 
 
 def load_clip_vision(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionModel:

@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError, SpecProblems
+from modaloom.core.portable import is_kept_component
 from modaloom.core.spec_models import ComponentSpec
 from modaloom.modalities.hf_checkpoint import (
     LoadReport,
     checkpoint_location_problem,
     load_with_info,
+    quiet_transformers,
     refuse_partial_load,
 )
 from modaloom.modalities.hf_config import config_problems
@@ -39,11 +42,14 @@ __all__ = [
     "HFEncoderSpec",
     "Pooling",
     "component_path",
+    "kept_config",
     "load_hf_model",
     "log_position_resize",
     "log_resize",
     "masked_mean",
     "pool_tokens",
+    "save_hf_config",
+    "save_hf_model",
 ]
 
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
@@ -78,10 +84,11 @@ class HFEncoderSpec(ComponentSpec):
 
     @field_validator("pretrained")
     @classmethod
-    def _pretrained_is_here(cls, value: str | None) -> str | None:
+    def _pretrained_is_here(cls, value: str | None, info: ValidationInfo) -> str | None:
         """A local path must exist; a model name must be in the Hugging Face cache (so
-        ``modaloom validate`` refuses what training could not read)."""
-        problem = None if value is None else checkpoint_location_problem(value)
+        ``modaloom validate`` refuses what training could not read), unless the run being
+        rebuilt kept what it took from it (`modaloom.core.portable`)."""
+        problem = None if value is None else checkpoint_location_problem(value, context=info)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -120,7 +127,10 @@ def load_hf_model(
     """A `transformers` model from ``spec.pretrained`` (local files only) or a random init.
 
     With ``pretrained``, ``model_class.from_pretrained`` reads the checkpoint and the config
-    fields update its config; without, ``model_class(config_class(**fields))``. Either way the
+    fields update its config; without, ``model_class(config_class(**fields))``; when
+    ``pretrained`` is a component directory a run kept (a configuration without weights, see
+    `modaloom.core.portable`), ``model_class(its config)``, a random init that the run's
+    weights replace, with none of a checkpoint's checks. Either way the
     model uses SDPA attention. A checkpoint must fill every weight of the model and have every
     tensor used, except those ``unused`` and ``uninitialised`` name (`LoadReport`);
     `transformers`' own load report is silenced.
@@ -155,6 +165,8 @@ def load_hf_model(
     if spec.pretrained is None:
         config = config_class(**{**(defaults or {}), **fields}, attn_implementation=ATTENTION)
         model = model_class(config, **kwargs)
+    elif is_kept_component(spec.pretrained):
+        model = model_class(kept_config(model_class, spec.pretrained, fields), **kwargs)
     else:
         patterns = (tuple(unused), tuple(uninitialised))
         model = _from_pretrained(model_class, spec, ctx, {**kwargs, **fields}, patterns)
@@ -163,6 +175,32 @@ def load_hf_model(
     if gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
+
+
+def kept_config(
+    model_class: type[PreTrainedModel], directory: str, fields: Mapping[str, Any]
+) -> PretrainedConfig:
+    """The configuration a run kept for a component (`modaloom.core.portable`), ``fields`` set
+    over it, with SDPA attention: the architecture as it was built, weights to be loaded."""
+    config_class = model_class.config_class
+    assert config_class is not None  # every model class wrapped here declares one
+    with quiet_transformers():
+        config = config_class.from_pretrained(directory, local_files_only=True)
+    for key, value in fields.items():
+        setattr(config, key, value)
+    config._attn_implementation = ATTENTION
+    return config
+
+
+def save_hf_config(model: PreTrainedModel, directory: Path) -> None:
+    """Write ``model``'s configuration (``config.json``) into ``directory``, no weights."""
+    model.config.save_pretrained(str(directory))
+
+
+def save_hf_model(model: PreTrainedModel, directory: Path) -> None:
+    """Write ``model`` as `transformers` does (``config.json``, ``model.safetensors``)."""
+    with quiet_transformers():
+        model.save_pretrained(str(directory))
 
 
 def _from_pretrained(

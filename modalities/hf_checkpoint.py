@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from huggingface_hub import try_to_load_from_cache
+from pydantic import ValidationInfo
 from transformers import PreTrainedModel
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
@@ -57,7 +58,7 @@ def looks_local(value: str) -> bool:
 
 
 def checkpoint_location_problem(
-    value: str, markers: Sequence[str] = ("config.json",)
+    value: str, markers: Sequence[str] = ("config.json",), context: ValidationInfo | None = None
 ) -> str | None:
     """Why ``value`` cannot be read without the network, or ``None`` when it can.
 
@@ -65,10 +66,15 @@ def checkpoint_location_problem(
         value: a ``pretrained`` (or ``tokenizer``) value: a directory or a model name.
         markers: files of which a cached model of that name has one (``config.json``; a
             tokenizer's `TOKENIZER_FILES`).
+        context: the spec's validation info; a value among its context's ``provided`` (what
+            a run being rebuilt kept, `modaloom.core.portable`) is never read, so it is fine.
 
     Returns:
         The problem, phrased for a spec error.
     """
+    provided = ((context.context if context is not None else None) or {}).get("provided", ())
+    if value in provided:
+        return None
     if looks_local(value):
         path = Path(value).expanduser()
         return None if path.exists() else f"{value!r} does not exist"

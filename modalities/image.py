@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -27,10 +28,12 @@ from modaloom.modalities.hf import (
     load_hf_model,
     log_position_resize,
     pool_tokens,
+    save_hf_config,
+    save_hf_model,
 )
 from modaloom.modalities.image_decode import decode_image
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
-from modaloom.modalities.pixels import default_pixels, pixels, resolve_pixels
+from modaloom.modalities.pixels import default_pixels, export_pixels, pixels, resolve_pixels
 from modaloom.modalities.transforms import (
     augment,
     decode_side,
@@ -80,6 +83,9 @@ class ImageProcessor(Processor):
         pixels = torch.stack([(item or blank)["pixel_values"] for item in items])
         return {"pixel_values": pixels, "present": torch.tensor([i is not None for i in items])}
 
+    def export(self, directory: Path) -> list[str]:
+        return export_pixels(self.pixels, directory)
+
 
 def make_image_processor(config: ImageSpec, ctx: DataContext) -> ImageProcessor:
     """Registry factory of the ``image`` modality (unset pixel settings resolved)."""
@@ -125,6 +131,15 @@ class ViTImageEncoder(Encoder):
         )
         sequence = self.vit(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
         return EncoderOutput(sequence, pool_tokens(sequence, self.pooling), None)
+
+    export_class = "ViTModel"
+
+    def save_config(self, directory: Path) -> None:
+        save_hf_config(self.vit, directory)
+
+    def export_pretrained(self, directory: Path) -> None:
+        """The `ViTModel` (without the pooler it does not use)."""
+        save_hf_model(self.vit, directory)
 
 
 def image_size_of(ctx: BuildContext, default: int = 224) -> int:

@@ -12,6 +12,7 @@ could be unset, so a spec without ``pretrained`` processes pixels exactly as bef
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from modaloom.core.errors import SpecError
@@ -25,6 +26,7 @@ __all__ = [
     "Pixels",
     "checkpoint_pixels",
     "default_pixels",
+    "export_pixels",
     "pixels",
     "resolve_pixels",
 ]
@@ -121,3 +123,27 @@ def resolve_pixels(config: SpecT, ctx: DataContext, field: str) -> SpecT:
     if taken:
         log.info("data.%s: %s from %s", field, taken, pretrained.checkpoint)
     return default_pixels(config.model_copy(update=taken))
+
+
+def export_pixels(settings: Pixels, directory: Path) -> list[str]:
+    """Write ``settings`` as a `transformers` `CLIPImageProcessor` (``preprocessor_config.json``)
+    that does what evaluation does: the shorter side resized to ``size`` and the centre
+    ``size`` x ``size`` crop (bilinear), scaled to [0, 1] and normalised; `checkpoint_pixels`
+    reads the same mean, std and size back.
+
+    Returns:
+        The file written.
+    """
+    from transformers import CLIPImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    size = int(settings.size)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=PILImageResampling.BILINEAR,
+        image_mean=list(settings.mean),
+        image_std=list(settings.std),
+    )
+    processor.save_pretrained(str(directory))
+    return ["preprocessor_config.json"]

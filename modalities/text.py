@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -29,6 +29,8 @@ from modaloom.modalities.hf import (
     component_path,
     load_hf_model,
     pool_tokens,
+    save_hf_config,
+    save_hf_model,
 )
 from modaloom.modalities.hf_checkpoint import TOKENIZER_FILES, checkpoint_location_problem
 from modaloom.modalities.text_tokenizer import (
@@ -62,9 +64,12 @@ class TextSpec(Spec):
 
     @field_validator("tokenizer")
     @classmethod
-    def _tokenizer_is_here(cls, value: str | None) -> str | None:
-        """A local path must exist; a name must be in the Hugging Face cache."""
-        problem = None if value is None else checkpoint_location_problem(value, TOKENIZER_FILES)
+    def _tokenizer_is_here(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A local path must exist; a name must be in the Hugging Face cache (unless the run
+        being rebuilt kept the tokenizer: `modaloom.core.portable`)."""
+        problem = (
+            None if value is None else checkpoint_location_problem(value, TOKENIZER_FILES, info)
+        )
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -155,16 +160,21 @@ class TextProcessor(Processor):
     def save(self, directory: Path) -> None:
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIRNAME))
 
+    def export(self, directory: Path) -> list[str]:
+        """The tokenizer's files, beside the model (``AutoTokenizer`` loads them)."""
+        return [Path(name).name for name in self.tokenizer.save_pretrained(str(directory))]
+
 
 def make_text_processor(config: TextSpec, ctx: DataContext) -> TextProcessor:
-    """Load the configured tokenizer, reuse one saved by an earlier run, load the one of a
-    pretrained text component's checkpoint, or train one from the captions."""
+    """Reuse the tokenizer the run saved (so a run never reads ``data.text.tokenizer`` again),
+    else load the configured tokenizer, the one of a pretrained text component's checkpoint,
+    or train one from the captions."""
     saved = ctx.artifact_dir / TOKENIZER_DIRNAME if ctx.artifact_dir is not None else None
     checkpoint = ctx.pretrained.get("text")
-    if config.tokenizer is not None:
+    if saved is not None and (saved / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(saved)  # the run's own, even where data.text.tokenizer is set
+    elif config.tokenizer is not None:
         tokenizer = load_tokenizer(config.tokenizer)
-    elif saved is not None and (saved / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(saved)
     elif checkpoint is not None:
         tokenizer = checkpoint_tokenizer(checkpoint)
     else:
@@ -210,6 +220,15 @@ class BertTextEncoder(Encoder):
         mask = inputs["attention_mask"]
         sequence = self.bert(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         return EncoderOutput(sequence, pool_tokens(sequence, self.pooling, skip=0, mask=mask), mask)
+
+    export_class = "BertModel"
+
+    def save_config(self, directory: Path) -> None:
+        save_hf_config(self.bert, directory)
+
+    def export_pretrained(self, directory: Path) -> None:
+        """The `BertModel` (without the pooler it does not use)."""
+        save_hf_model(self.bert, directory)
 
 
 def text_vocab_size(ctx: BuildContext) -> int | None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -43,11 +44,18 @@ from transformers import BertConfig, BertLMHeadModel, BertModel
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from modaloom.core.compose import BuildContext
-from modaloom.core.errors import SpecError
+from modaloom.core.errors import ExportError, SpecError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, component_path, load_hf_model
+from modaloom.modalities.hf import (
+    HFEncoderSpec,
+    component_path,
+    load_hf_model,
+    save_hf_config,
+    save_hf_model,
+)
+from modaloom.modalities.hf_checkpoint import quiet_transformers
 from modaloom.modalities.text import refuse_another_vocabulary, text_vocab_size
 
 __all__ = [
@@ -244,6 +252,30 @@ class BertTextDecoder(nn.Module):
         """The unimodal text path: bidirectional, no cross-attention; pooled = first token."""
         hidden = self.hidden_states(input_ids, attention_mask, mode="bidirectional")
         return EncoderOutput(hidden, hidden[:, 0], attention_mask)
+
+    export_class = "BertLMHeadModel"
+
+    def save_config(self, directory: Path) -> None:
+        """Its `BertConfig` (a decoder's, with cross-attention), without weights."""
+        save_hf_config(self.bert, directory)
+
+    def export_pretrained(self, directory: Path) -> None:
+        """As a `BertLMHeadModel` with cross-attention: its BERT (shared modules included) and
+        LM head.
+
+        Raises:
+            ExportError: it has a condition adapter (``condition_dim`` differs from the hidden
+                size), which a `BertLMHeadModel` has no place for.
+        """
+        if not isinstance(self.condition_proj, nn.Identity):
+            raise ExportError(
+                f"its condition adapter ({self.condition_dim} -> {self.output_dim}) has no place "
+                "in a BertLMHeadModel"
+            )
+        with quiet_transformers():
+            lm = BertLMHeadModel(self.bert.config)
+        lm.bert, lm.cls = self.bert, self.head
+        save_hf_model(lm, directory)
 
 
 # ------------------------------------------------------------------------------ sharing

@@ -16,6 +16,7 @@ Token layout of the output sequence: [CLS] first, then the patch tokens frame by
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal, cast
 
 import torch
@@ -27,15 +28,20 @@ from transformers import ViTConfig, ViTModel
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
 
 from modaloom.core.compose import BuildContext
+from modaloom.core.errors import ExportError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
+from modaloom.core.portable import is_kept_component
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, Pooling, pool_tokens
+from modaloom.modalities.hf import HFEncoderSpec, Pooling, pool_tokens, save_hf_model
 from modaloom.modalities.image import load_vit, visual_size
 from modaloom.modalities.timesformer_hf import (
+    export_hf_timesformer,
     is_timesformer_checkpoint,
+    kept_timesformer,
     load_hf_timesformer,
     read_hf_timesformer,
+    timesformer_config,
 )
 
 __all__ = [
@@ -268,6 +274,27 @@ class TimeSformerEncoder(Encoder):
         sequence = self.model(inputs["pixel_values"])
         return EncoderOutput(sequence, pool_tokens(sequence, self.pooling), None)
 
+    export_class = "TimesformerModel"
+
+    def save_config(self, directory: Path) -> None:
+        """The `TimesformerConfig` (what `export_pretrained` writes, without weights)."""
+        timesformer_config(self.model).save_pretrained(str(directory))
+
+    def export_pretrained(self, directory: Path) -> None:
+        """In `transformers`' `TimesformerModel` layout (`export_hf_timesformer`).
+
+        Raises:
+            ExportError: it embeds videos with a 3-D tubelet, which `TimesformerModel` has no
+                place for.
+        """
+        tubelet = int(getattr(self.model, "tubelet", 1))
+        if tubelet > 1:
+            raise ExportError(
+                f"its 3-D tubelet embedding ({tubelet} frames per patch) has no place in a "
+                "TimesformerModel"
+            )
+        save_hf_model(export_hf_timesformer(self.model), directory)
+
 
 def video_frames(ctx: BuildContext) -> int | None:
     """Frames per clip the data's video processor produces, if there is one."""
@@ -281,7 +308,10 @@ def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> Time
     """Registry factory of the ``timesformer`` encoder: a `TimesformerModel` checkpoint loaded
     whole, or a ViT (checkpoint or random init) inflated."""
     frames = config.num_frames or video_frames(ctx)
-    if config.pretrained is not None and is_timesformer_checkpoint(config.pretrained):
+    if config.pretrained is not None and is_kept_component(config.pretrained):
+        vit_config, kept_frames = kept_timesformer(config.pretrained, config.config)
+        model = TimeSformer(ViTModel(vit_config, add_pooling_layer=False), kept_frames)
+    elif config.pretrained is not None and is_timesformer_checkpoint(config.pretrained):
         saved = read_hf_timesformer(config, ctx)
         model = TimeSformer(
             ViTModel(saved.vit_config, add_pooling_layer=False), frames or saved.frames

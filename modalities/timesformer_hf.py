@@ -65,9 +65,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TimesformerCheckpoint",
+    "export_hf_timesformer",
     "is_timesformer_checkpoint",
+    "kept_timesformer",
     "load_hf_timesformer",
     "read_hf_timesformer",
+    "timesformer_config",
     "timesformer_tensors",
 ]
 
@@ -143,6 +146,56 @@ def _match(rules: tuple[tuple[str, str], ...], key: str) -> tuple[re.Match[str],
         if match is not None:
             return match, target
     return None
+
+
+def _sources(key: str) -> list[str] | None:
+    """The `TimeSformer` keys a Hugging Face key is made of (three for a fused ``qkv``)."""
+    fused = _match(FUSED, key)
+    if fused is not None:
+        match, target = fused
+        return [match.expand(target.format(part)) for part in "qkv"]
+    renamed = _match(RENAMES, key)
+    return None if renamed is None else [renamed[0].expand(renamed[1])]
+
+
+def timesformer_config(model: TimeSformer) -> TimesformerConfig:
+    """The `TimesformerConfig` of ``model``: its ViT's sizes, its time embedding's length and
+    divided space-time attention."""
+    fields: dict[str, Any] = {name: getattr(model.config, name) for name in VIT_FIELDS}
+    frames = int(model.time_embed.shape[1])
+    return TimesformerConfig(**fields, num_frames=frames, attention_type="divided_space_time")
+
+
+def export_hf_timesformer(model: TimeSformer) -> TimesformerModel:
+    """``model`` as a `transformers` `TimesformerModel` with every tensor copied (the inverse
+    of `timesformer_tensors`: ``q``, ``k`` and ``v`` fused back into ``qkv``).
+
+    Raises:
+        ValueError: a tensor of either model has no counterpart in the other.
+    """
+    ours = model.state_dict()
+    with quiet_transformers():
+        target = TimesformerModel(timesformer_config(model))
+    tensors: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for key in target.state_dict():
+        sources = _sources(key)
+        if sources is None or not all(source in ours for source in sources):
+            raise ValueError(f"no TimeSformer tensor maps to TimesformerModel's {key}")
+        tensors[key] = torch.cat([ours[source] for source in sources], dim=0)
+        used.update(sources)
+    if used != set(ours):
+        raise ValueError(f"TimeSformer tensors without a place: {sorted(set(ours) - used)[:3]}")
+    target.load_state_dict(tensors, strict=True)
+    return target
+
+
+def kept_timesformer(directory: str, overrides: Mapping[str, Any]) -> tuple[ViTConfig, int]:
+    """The spatial `ViTConfig` and frame count of the `TimesformerConfig` a run kept for a
+    ``timesformer`` component (`modaloom.core.portable`), ``overrides`` set over it."""
+    with quiet_transformers():
+        config = TimesformerConfig.from_pretrained(directory, local_files_only=True)
+    return _vit_config(config, overrides), int(config.num_frames)
 
 
 def is_timesformer_checkpoint(checkpoint: str) -> bool:

@@ -8,6 +8,7 @@ and the `Processor` the data layer calls.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -19,7 +20,7 @@ from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
-from modaloom.modalities.pixels import default_pixels, pixels, resolve_pixels
+from modaloom.modalities.pixels import default_pixels, export_pixels, pixels, resolve_pixels
 from modaloom.modalities.transforms import (
     center_crop_box,
     crop_resize,
@@ -148,6 +149,10 @@ class VideoProcessor(Processor):
         empty = zeros_like_first(items)
         present = torch.tensor([item is not None for item in items], dtype=torch.bool)
         pixels = torch.stack([(empty if item is None else item)["pixel_values"] for item in items])
+    def export(self, directory: Path) -> list[str]:
+        """The frame transform as a `CLIPImageProcessor` (applied to each frame)."""
+        return export_pixels(pixels(self.config), directory)
+
         return {"pixel_values": pixels, "present": present}
 
 

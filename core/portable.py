@@ -1,0 +1,179 @@
+"""Runs travel: what a run keeps so that rebuilding it never reads its ``pretrained:``
+checkpoints or its tokenizer directory again.
+
+When training starts, each component that starts from a checkpoint (``pretrained``) gets
+``artifacts/components/<name>/`` in the run: the configuration that rebuilds its architecture
+as built (``config.json``, written by the component's ``save_config``), the settings of the
+processor it reads (``preprocessor_config.json``, `Processor.export`) and `RECORD_FILE`
+(which component, and the checkpoint it came from). ``artifacts/sources.json``
+lists the outside paths the run took (``pretrained`` values, ``data.text.tokenizer``); the
+tokenizer itself is kept in ``artifacts/tokenizer``.
+
+Rebuilding the run (`modaloom.load`, ``modaloom eval``, ``--resume``) validates the spec with
+those paths allowed to be gone (`provided_values`, passed to `load_spec`), builds each such
+component from its kept configuration (`portable_model`: ``pretrained`` points at the kept
+directory, which holds no weights, so the component starts from a random init and no partial
+load is refused) and then loads the checkpoint's weights over the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from modaloom.core.errors import ExportError
+from modaloom.core.interfaces import Processor
+from modaloom.core.spec_models import ExperimentSpec, ModelSpec
+
+__all__ = [
+    "COMPONENTS_DIR",
+    "RECORD_FILE",
+    "SOURCES_FILE",
+    "is_kept_component",
+    "kept_components",
+    "portable_model",
+    "provided_by",
+    "provided_values",
+    "save_components",
+]
+
+log = logging.getLogger(__name__)
+
+COMPONENTS_DIR = "components"
+"""Under a run's ``artifacts/``: one directory per component kept for rebuilding."""
+RECORD_FILE = "modaloom-component.json"
+"""In a kept component's directory: ``{"component", "type", "pretrained"}``; marks a directory
+that holds a configuration without weights."""
+SOURCES_FILE = "sources.json"
+"""Under ``artifacts/``: ``{"pretrained": {component: value}, "tokenizer": value or null}``."""
+
+
+def is_kept_component(path: str | Path) -> bool:
+    """Whether ``path`` is a component directory a run kept (a configuration, no weights)."""
+    try:
+        return (Path(path) / RECORD_FILE).is_file()
+    except (OSError, ValueError):  # a model name no file can have
+        return False
+
+
+def save_components(
+    spec: ExperimentSpec,
+    components: Mapping[str, nn.Module],
+    inputs: Mapping[str, tuple[str, ...]],
+    processors: Mapping[str, Processor],
+    artifacts: Path,
+) -> None:
+    """Keep, under ``artifacts``, what rebuilds each ``pretrained`` component without its
+    checkpoint, and ``sources.json`` (see the module docstring).
+
+    A component that cannot save its configuration is logged once at WARNING: rebuilding the
+    run will read its checkpoint again.
+
+    Args:
+        spec: the run's spec.
+        components: the built components by name (`LoomModel.components`).
+        inputs: the batch fields each component reads (`LoomModel.inputs`).
+        processors: the data processors by field.
+        artifacts: the run's ``artifacts/`` directory.
+    """
+    pretrained: dict[str, str] = {}
+    for name, component_spec in spec.model.components.items():
+        checkpoint = getattr(component_spec, "pretrained", None)
+        if not isinstance(checkpoint, str) or is_kept_component(checkpoint):
+            continue
+        directory = artifacts / COMPONENTS_DIR / name
+        try:
+            _save_config(components[name], directory)
+        except ExportError as exc:
+            log.warning(
+                "model.components.%s: %s; rebuilding this run will read %r again",
+                name,
+                exc,
+                checkpoint,
+            )
+            continue
+        for field in inputs.get(name, ())[:1]:
+            if field in processors:
+                processors[field].export(directory)
+        record = {"component": name, "type": component_spec.type, "pretrained": checkpoint}
+        (directory / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        pretrained[name] = checkpoint
+    text = spec.data.modality("text")
+    tokenizer = getattr(text, "tokenizer", None) if text is not None else None
+    if pretrained or tokenizer is not None:
+        sources = {"pretrained": pretrained, "tokenizer": tokenizer}
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / SOURCES_FILE).write_text(json.dumps(sources, indent=2) + "\n")
+
+
+def _save_config(module: nn.Module, directory: Path) -> None:
+    """``module.save_config(directory)``; `ExportError` when it has none."""
+    save = getattr(module, "save_config", None)
+    if save is None:
+        raise ExportError(f"{type(module).__name__} cannot save its configuration")
+    directory.mkdir(parents=True, exist_ok=True)
+    save(directory)
+
+
+def kept_components(artifacts: Path) -> dict[str, Path]:
+    """The component directories a run kept, by component name."""
+    root = artifacts / COMPONENTS_DIR
+    if not root.is_dir():
+        return {}
+    return {path.name: path for path in sorted(root.iterdir()) if is_kept_component(path)}
+
+
+def provided_values(artifacts: Path) -> frozenset[str]:
+    """The outside paths a run took and kept (``pretrained`` values, the tokenizer directory):
+    a spec rebuilding the run may name them after they are gone.
+
+    Args:
+        artifacts: the run's ``artifacts/`` directory.
+    """
+    try:
+        sources: Any = json.loads((artifacts / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    if not isinstance(sources, dict):
+        return frozenset()
+    kept = kept_components(artifacts)
+    pretrained = sources.get("pretrained") or {}
+    values = {str(v) for name, v in pretrained.items() if name in kept}
+    tokenizer = sources.get("tokenizer")
+    if isinstance(tokenizer, str) and (artifacts / "tokenizer").is_dir():
+        values.add(tokenizer)
+    return frozenset(values)
+
+
+def provided_by(path: str | Path) -> frozenset[str]:
+    """`provided_values` of the run at ``path``: a run directory, a ``checkpoints/step-N``
+    directory of one, or a directory ``modaloom export`` wrote."""
+    path = Path(path)
+    for run in (path, path.parent.parent):
+        if (run / "artifacts").is_dir():
+            return provided_values(run / "artifacts")
+    return frozenset()
+
+
+def portable_model(model_spec: ModelSpec, artifacts: Path) -> ModelSpec:
+    """``model_spec`` with each ``pretrained`` component the run kept pointing at its kept
+    configuration (weights come from the run's checkpoint, loaded afterwards).
+
+    Args:
+        model_spec: the spec's ``model``.
+        artifacts: the run's ``artifacts/`` directory.
+    """
+    kept = kept_components(artifacts)
+    updates = {}
+    for name, spec in model_spec.components.items():
+        if name in kept and getattr(spec, "pretrained", None) is not None:
+            updates[name] = spec.model_copy(update={"pretrained": str(kept[name])})
+            log.info("model.components.%s: built from %s (weights follow)", name, kept[name])
+    if not updates:
+        return model_spec
+    return model_spec.model_copy(update={"components": {**model_spec.components, **updates}})
