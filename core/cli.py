@@ -128,7 +128,22 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from modaloom.core.demo import run_demo
 
-    run_demo(args.preset, args.output, args.set, show_progress=not args.no_progress)
+    if args.finetune or args.pretrained_run:
+        return finetune_demo(args)
+    run_demo(args.preset, args.output or "demo-output", args.set, not args.no_progress)
+    return 0
+
+
+def finetune_demo(args: argparse.Namespace) -> int:
+    """``modaloom demo --finetune [--from RUN]``: scratch vs pretrained fine-tuning."""
+    from modaloom.core.demo_finetune import PRETRAIN_PRESET, run_finetune_demo
+
+    if not args.finetune:
+        raise ModaloomError("--from RUN is the pretraining run of --finetune; add --finetune")
+    if args.preset != PRETRAIN_PRESET:
+        raise ModaloomError(f"--finetune fine-tunes {PRETRAIN_PRESET}; leave --preset out")
+    output = args.output or "demo-finetune"
+    run_finetune_demo(output, args.pretrained_run, not args.no_progress, overrides=args.set)
     return 0
 
 
@@ -274,13 +289,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--limit", type=int, default=3, help="samples to print")
     demo = sub.add_parser("demo", help="train and evaluate a tiny preset on the digits-av set")
     demo.add_argument("--preset", default="valor-tiny", choices=DEMO_PRESETS)
-    demo.add_argument("--output", default="demo-output", help="directory for metrics and report")
+    demo.add_argument(
+        "--output", help="directory for metrics and report (demo-output; --finetune: demo-finetune)"
+    )
+    demo.add_argument(
+        "--finetune",
+        action="store_true",
+        help="fine-tune a valor-tiny pretraining run and the same model from scratch, compare",
+    )
+    demo.add_argument(
+        "--from",
+        dest="pretrained_run",
+        metavar="RUN",
+        help="with --finetune: an existing valor-tiny run directory instead of pretraining one",
+    )
     demo.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a preset value, e.g. --set train.steps=200",
+        help="override a preset value, e.g. --set train.steps=200 (--finetune: the fine-tuning's)",
     )
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     validate = sub.add_parser("validate", help="check a spec without running it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def write_report(
 
 
 def run_demo(
-    preset: str = "valor-tiny",
+    preset: str | Mapping[str, Any] = "valor-tiny",
     output: str | Path = "demo-output",
     overrides: Sequence[str] = (),
     show_progress: bool = True,
@@ -119,7 +119,8 @@ def run_demo(
     metrics["train.seconds"] = round(seconds, 1)
     write_metrics(output / "metrics.json", metrics)
     has_curve = plot_loss(output / RUN_DIR / METRICS_FILE, output / CURVE_FILE)
-    write_report(output, preset, metrics, evaluators, has_curve)
+    name = preset if isinstance(preset, str) else "a custom spec"
+    write_report(output, name, metrics, evaluators, has_curve)
     print(format_table(metrics))
     print(f"wrote {output / 'metrics.json'} and {output / REPORT_FILE}")
     return metrics
