@@ -6,11 +6,14 @@ learnable temporal embedding ``time_embed``. The spatial parts *are* the ViT's m
 `ViTModel` checkpoint loads into it (`inflate_from_vit`), and with one frame it computes exactly
 what the ViT computes: images and videos go through the same module.
 
-Not implemented from OmniVL: the separate 3-D tubelet tokenizer (kernel (t_s, 16, 16)); every
-frame is embedded by the ViT's 2-D patch convolution (tubelet size 1).
+OmniVL's 3-D tubelet embedding (SPEC §A1): with ``tubelet: t > 1`` a video's T frames are
+embedded by a `torch.nn.Conv3d` with kernel = stride = (t, p, p) into T / t temporal positions
+(``time_embed`` has T / t entries; `modaloom.modalities.tubelet`); images and one-frame clips keep
+the ViT's 2-D patch convolution. The 3-D kernel is inflated from the 2-D one: ``average`` (the
+default, OmniVL's code) or ``central``. T must be a multiple of t.
 
 Token layout of the output sequence: [CLS] first, then the patch tokens frame by frame
-(frame-major: ``sequence[:, 1:].view(B, T, P, D)``).
+(frame-major: ``sequence[:, 1:].view(B, T, P, D)``; T / t positions with a tubelet t).
 """
 
 from __future__ import annotations
@@ -25,15 +28,21 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import ViTConfig, ViTModel
-from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer
+from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings, ViTLayer
 
 from modaloom.core.compose import BuildContext
-from modaloom.core.errors import ExportError
+from modaloom.core.errors import ExportError, SpecError
 from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Encoder, EncoderOutput
 from modaloom.core.portable import is_kept_component
 from modaloom.core.registry import Registry
-from modaloom.modalities.hf import HFEncoderSpec, Pooling, pool_tokens, save_hf_model
+from modaloom.modalities.hf import (
+    HFEncoderSpec,
+    Pooling,
+    component_path,
+    pool_tokens,
+    save_hf_model,
+)
 from modaloom.modalities.image import load_vit, visual_size
 from modaloom.modalities.timesformer_hf import (
     export_hf_timesformer,
@@ -42,6 +51,12 @@ from modaloom.modalities.timesformer_hf import (
     load_hf_timesformer,
     read_hf_timesformer,
     timesformer_config,
+)
+from modaloom.modalities.tubelet import (
+    TubeletInit,
+    inflate_tubelet,
+    tubelet_conv,
+    tubelet_tokens,
 )
 
 __all__ = [
@@ -84,11 +99,14 @@ class TimeSformer(nn.Module):
 
     Args:
         vit: the spatial model; its embeddings, layers and final LayerNorm are used as they are.
-        num_frames: length of ``time_embed``; other frame counts interpolate it (nearest, as
-            TimeSformer does).
+        num_frames: length of ``time_embed`` (temporal positions: frames / tubelet); other
+            counts interpolate it (nearest, as TimeSformer does).
 
     Attributes:
         gradient_checkpointing: recompute each block in the backward pass while training.
+        tubelet: frames per 3-D patch (`add_tubelet`); 1: every frame through the 2-D one.
+        tubelet_init: how `inflate_tubelet` fills the 3-D kernel.
+        tubelet_embed: the 3-D patch convolution, ``None`` with tubelet 1.
     """
 
     def __init__(self, vit: ViTModel, num_frames: int = 8) -> None:
@@ -105,6 +123,16 @@ class TimeSformer(nn.Module):
             torch.zeros(1, num_frames, config.hidden_size, device=weight.device, dtype=weight.dtype)
         )
         self.gradient_checkpointing = False
+        self.tubelet, self.tubelet_init = 1, cast(TubeletInit, "average")
+        self.tubelet_embed: nn.Conv3d | None = None
+
+    def add_tubelet(self, size: int, init: TubeletInit = "average") -> None:
+        """Embed videos with a 3-D patch convolution over ``size`` frames, inflated from the
+        2-D patch kernel as it is now (`inflate_tubelet`)."""
+        projection = self.vit.embeddings.patch_embeddings.projection
+        self.tubelet, self.tubelet_init = size, init
+        self.tubelet_embed = tubelet_conv(projection, size)
+        inflate_tubelet(self.tubelet_embed, projection, init)
 
     @property
     def hidden_size(self) -> int:
@@ -118,6 +146,26 @@ class TimeSformer(nn.Module):
         resized = F.interpolate(self.time_embed.transpose(1, 2), size=frames, mode="nearest")
         return resized.transpose(1, 2)
 
+    def steps(self, frames: int) -> int:
+        """Temporal positions of a clip of ``frames`` frames (frames / tubelet for videos).
+
+        Raises:
+            SpecError: ``frames`` is not a multiple of the tubelet.
+        """
+        if frames == 1 or self.tubelet == 1:
+            return frames
+        if frames % self.tubelet:
+            raise SpecError(
+                [
+                    (
+                        "data.video.frames",
+                        f"{frames} frames cannot be cut into tubelets of {self.tubelet}; give "
+                        f"a multiple of {self.tubelet} frames or set the encoder's tubelet: 1",
+                    )
+                ]
+            )
+        return frames // self.tubelet
+
     def embed(self, pixel_values: Tensor) -> Tensor:
         """Patch, [CLS], position and time embeddings.
 
@@ -125,16 +173,23 @@ class TimeSformer(nn.Module):
             pixel_values: (B, T, 3, H, W).
 
         Returns:
-            (B, 1 + T*P, D): [CLS], then the P patches of each frame, frame by frame.
+            (B, 1 + T'*P, D): [CLS], then the P patches of each of the T' = T / tubelet
+            temporal positions, position by position.
         """
         batch, frames = pixel_values.shape[:2]
-        dtype = self.vit.embeddings.patch_embeddings.projection.weight.dtype
-        flat = pixel_values.flatten(0, 1).to(dtype)
-        tokens = self.vit.embeddings(flat, interpolate_pos_encoding=True)  # (B*T, 1+P, D)
-        cls = tokens[:, :1].unflatten(0, (batch, frames))[:, 0]  # the same in every frame
-        patches = tokens[:, 1:].unflatten(0, (batch, frames))  # (B, T, P, D)
-        if frames > 1:
-            patches = patches + self.frame_embedding(frames)[:, :, None]
+        if self.steps(frames) != frames:
+            assert self.tubelet_embed is not None
+            embeddings = cast(ViTEmbeddings, self.vit.embeddings)
+            cls, patches = tubelet_tokens(embeddings, self.tubelet_embed, pixel_values)
+        else:
+            dtype = self.vit.embeddings.patch_embeddings.projection.weight.dtype
+            flat = pixel_values.flatten(0, 1).to(dtype)
+            tokens = self.vit.embeddings(flat, interpolate_pos_encoding=True)  # (B*T, 1+P, D)
+            cls = tokens[:, :1].unflatten(0, (batch, frames))[:, 0]  # the same in every frame
+            patches = tokens[:, 1:].unflatten(0, (batch, frames))  # (B, T, P, D)
+        steps = patches.shape[1]
+        if steps > 1:
+            patches = patches + self.frame_embedding(steps)[:, :, None]
         return torch.cat([cls, patches.flatten(1, 2)], dim=1)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
@@ -151,7 +206,7 @@ class TimeSformer(nn.Module):
             raise ValueError(
                 f"expected (B, 3, H, W) or (B, T, 3, H, W), got {tuple(pixel_values.shape)}"
             )
-        frames = video.shape[1]
+        frames = self.steps(video.shape[1])
         hidden = self.embed(video)
         for layer, temporal in zip(self.vit.layers, self.temporal, strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -215,9 +270,10 @@ def inflate_from_vit(vit: ViTModel, num_frames: int = 8) -> TimeSformer:
 
 
 def initialise_temporal_from_spatial(model: TimeSformer) -> None:
-    """Copy each block's spatial attention and LayerNorm into its temporal branch and zero
-    ``temporal_fc`` and ``time_embed``, in place (OmniVL's stage-2 inflation after image-only
-    training; the ``inflate`` stage action)."""
+    """Copy each block's spatial attention and LayerNorm into its temporal branch, zero
+    ``temporal_fc`` and ``time_embed`` and re-inflate the tubelet kernel from the 2-D one, in
+    place (OmniVL's stage-2 inflation after image-only training; the ``inflate`` stage
+    action)."""
     with torch.no_grad():
         for layer, temporal in zip(model.vit.layers, model.temporal, strict=True):
             spatial = cast(ViTLayer, layer)
@@ -227,6 +283,9 @@ def initialise_temporal_from_spatial(model: TimeSformer) -> None:
             nn.init.zeros_(branch.temporal_fc.weight)
             nn.init.zeros_(branch.temporal_fc.bias)
         model.time_embed.zero_()
+    if model.tubelet_embed is not None:
+        projection = model.vit.embeddings.patch_embeddings.projection
+        inflate_tubelet(model.tubelet_embed, projection, model.tubelet_init)
 
 
 # ------------------------------------------------------------------------------ encoder
@@ -245,10 +304,16 @@ class TimeSformerSpec(HFEncoderSpec):
     type: Literal["timesformer"] = "timesformer"
     hf_config = ViTConfig
     num_frames: int | None = Field(None, ge=1)
-    """Length of the temporal embedding; defaults to ``data.video.frames`` (without one, a
-    TimeSformer checkpoint's, else 8)."""
+    """Frames per clip; the temporal embedding has ``num_frames / tubelet`` positions. Defaults
+    to ``data.video.frames`` (without one, a TimeSformer checkpoint's positions, else 8)."""
     pooling: Pooling = "cls"
     """Global feature: the [CLS] token or the mean of all patch tokens."""
+    tubelet: int = Field(1, ge=1)
+    """Frames per 3-D patch (OmniVL: 2); videos must have a multiple of it, ``time_embed`` gets
+    frames / tubelet positions. 1: each frame through the ViT's 2-D patch embedding."""
+    tubelet_init: TubeletInit = "average"
+    """How the 3-D kernel is inflated from the 2-D one: ``average`` (kernel / tubelet on every
+    frame, OmniVL's code) or ``central`` (the kernel on the centre frame, zeros elsewhere)."""
 
 
 class TimeSformerEncoder(Encoder):
@@ -308,6 +373,13 @@ def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> Time
     """Registry factory of the ``timesformer`` encoder: a `TimesformerModel` checkpoint loaded
     whole, or a ViT (checkpoint or random init) inflated."""
     frames = config.num_frames or video_frames(ctx)
+    if frames is not None and frames % config.tubelet:
+        problem = (
+            f"{frames} frames cannot be cut into tubelets of {config.tubelet}; set "
+            f"data.video.frames (or num_frames) to a multiple of {config.tubelet}"
+        )
+        raise SpecError([(f"{component_path(config, ctx)}.tubelet", problem)])
+    frames = frames // config.tubelet if frames is not None else None  # temporal positions
     if config.pretrained is not None and is_kept_component(config.pretrained):
         vit_config, kept_frames = kept_timesformer(config.pretrained, config.config)
         model = TimeSformer(ViTModel(vit_config, add_pooling_layer=False), kept_frames)
@@ -321,6 +393,8 @@ def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> Time
         vit = load_vit(config, ctx, image_size=visual_size(ctx), gradient_checkpointing=False)
         model = inflate_from_vit(vit, frames or 8)
     model.gradient_checkpointing = config.gradient_checkpointing
+    if config.tubelet > 1:
+        model.add_tubelet(config.tubelet, config.tubelet_init)
     return TimeSformerEncoder(model, config.pooling)
 
 
