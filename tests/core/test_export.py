@@ -4,6 +4,7 @@ a model card, the whole model for `modaloom.load`, and the refusals."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def test_text_export_brings_the_tokenizer(run: Path, tmp_path: Path) -> None:
 
 
 def test_whole_model_export_loads_with_modaloom(
-    run: Path, shapes_manifest: Path, tmp_path: Path, capsys: Any
+    run: Path, registry: Registry, shapes_manifest: Path, tmp_path: Path, capsys: Any
 ) -> None:
     output = tmp_path / "model"
     assert main(["export", str(run), "--output", str(output)]) == 0
@@ -93,6 +94,16 @@ def test_whole_model_export_loads_with_modaloom(
     assert torch.equal(theirs.embed("text", CAPTIONS), ours.embed("text", CAPTIONS))
     assert torch.equal(theirs.embed("image", image), ours.embed("image", image))
     assert "# run: the whole model" in (output / "README.md").read_text()
+    tree = tiny_tree(registry, shapes_manifest)  # and a run can start from it
+    tree["train"].update(steps=1, eval_every=None, init_from={"path": str(output)})
+    train(
+        load_spec(tree, registry=registry),
+        tmp_path / "tuned",
+        registry=registry,
+        show_progress=False,
+    )
+    report = json.loads((tmp_path / "tuned" / "init_report.json").read_text())
+    assert report["components"] == ["vision", "text"] and report["source"] == str(output)
 
 
 def test_an_output_with_files_is_refused(run: Path, tmp_path: Path, capsys: Any) -> None:
