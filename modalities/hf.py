@@ -185,7 +185,9 @@ def kept_config(
     config_class = model_class.config_class
     assert config_class is not None  # every model class wrapped here declares one
     with quiet_transformers():
-        config = config_class.from_pretrained(directory, local_files_only=True)
+        config = config_class.from_pretrained(
+            directory, local_files_only=True, trust_remote_code=False
+        )
     for key, value in fields.items():
         setattr(config, key, value)
     config._attn_implementation = ATTENTION

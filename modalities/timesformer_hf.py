@@ -194,7 +194,9 @@ def kept_timesformer(directory: str, overrides: Mapping[str, Any]) -> tuple[ViTC
     """The spatial `ViTConfig` and frame count of the `TimesformerConfig` a run kept for a
     ``timesformer`` component (`modaloom.core.portable`), ``overrides`` set over it."""
     with quiet_transformers():
-        config = TimesformerConfig.from_pretrained(directory, local_files_only=True)
+        config = TimesformerConfig.from_pretrained(
+            directory, local_files_only=True, trust_remote_code=False
+        )
     return _vit_config(config, overrides), int(config.num_frames)
 
 
