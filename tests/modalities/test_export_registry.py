@@ -3,11 +3,13 @@ directory that its `transformers` class (``export_class``) loads with every weig
 
 Generated from the registry like tests/modalities/test_encoder_registry.py: a component added
 later is covered when it sets ``export_class``; one without (``None``) must refuse with
-`ExportError`.
+`ExportError`. The configuration a run keeps for a ``pretrained`` component (``save_config``)
+must rebuild the same architecture, computing the same outputs once the weights are loaded.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import transformers
 from torch import Tensor, nn
 
 from modaloom.core.errors import ExportError
+from modaloom.core.portable import RECORD_FILE
 from modaloom.core.registry import Component
 from modaloom.modalities.timesformer_hf import timesformer_tensors
 from modaloom.tests.modalities.test_encoder_registry import (
@@ -24,6 +27,8 @@ from modaloom.tests.modalities.test_encoder_registry import (
     ENCODERS,
     REGISTRY,
     build,
+    fields_of,
+    synthetic_inputs,
     tiny_fields,
 )
 
@@ -103,3 +108,28 @@ def test_a_decoder_with_a_condition_adapter_refuses(tmp_path: Path) -> None:
     with pytest.raises(ExportError) as error:
         module.export_pretrained(tmp_path)
     assert str(error.value) == "its condition adapter (16 -> 32) has no place in a BertLMHeadModel"
+
+
+@pytest.mark.parametrize("component", cases())
+def test_a_kept_config_rebuilds_the_same_architecture(component: Component, tmp_path: Path) -> None:
+    """What a run keeps for a ``pretrained`` component (`save_config` and the record) builds the
+    same tensors, which the run's weights then fill (`modaloom.core.portable`)."""
+    torch.manual_seed(0)
+    module = build(REGISTRY, component.kind, tiny_fields(component))
+    if module.export_class is None:
+        return  # a third-party component without a layout may still keep its config
+    module.save_config(tmp_path)
+    (tmp_path / RECORD_FILE).write_text(json.dumps({"component": "c", "type": component.name}))
+    rebuilt = build(REGISTRY, component.kind, tiny_fields(component, pretrained=str(tmp_path)))
+    shapes = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    assert {key: tuple(value.shape) for key, value in rebuilt.state_dict().items()} == shapes
+    rebuilt.load_state_dict(module.state_dict(), strict=True)
+    module.eval()
+    rebuilt.eval()
+    if component.kind == "decoder":
+        text = synthetic_inputs(component, "text")
+        same = [m(text["input_ids"], text["attention_mask"]).logits for m in (module, rebuilt)]
+    else:
+        inputs = synthetic_inputs(component, fields_of(component)[0])
+        same = [m(inputs).sequence for m in (module, rebuilt)]
+    assert torch.equal(same[1], same[0])
