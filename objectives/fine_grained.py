@@ -1,17 +1,25 @@
 """MGA: VALOR's fine-grained weighted token-frame contrast over modality groups (SPEC §B7).
 
-Per group ``(text, X)`` with X one component or several (T-AV):
+Per group ``(L, X)`` with L one component and X one component or several (T-AV), in any order
+(VALOR's Tab. 8 also aligns V-A, A-TV, V-TA: the text need not come first, nor be there):
 
-* ``e_t`` (B, N_t, C): the text component's token sequence, linearly projected to the common
-  width C and L2-normalised; padded tokens are masked (``EncoderOutput.mask``).
-* ``e_x`` (B, N_x, C): one vector per frame or clip of each component of X (see
-  `frame_features`), projected by that modality's linear layer and L2-normalised; for several
+* a text component (one whose encoder reads ``text``) gives tokens: its token sequence,
+  linearly projected to the common width C and L2-normalised; padded tokens are masked
+  (``EncoderOutput.mask``), e.g. ``e_t`` (B, N_t, C);
+* any other component gives one vector per frame or clip (see `frame_features`), projected by
+  that modality's linear layer and L2-normalised, e.g. ``e_v`` (B, N_v, C); for several
   components the per-modality features are concatenated along N (``e_av = [e_v; e_a]``).
 * weight logits: one linear layer C -> 1 per modality applied to its ``e``; for several
   components the logits are concatenated and share one softmax [I, as SPEC B7 suggests].
-* ``s(T, X)`` by `fine_grained_similarity` (``chunk_size`` bounds its memory), then the
+* ``s(L, X)`` by `fine_grained_similarity` (``chunk_size`` bounds its memory), then the
   symmetric InfoNCE of SPEC B1 over the B x B scores with a learnable temperature (init 0.07,
   clamped like ITC's; VALOR gives none [I]).
+
+Ablation variants (VALOR's Tab. 10, `group_similarity`), the paper's choice by default:
+``granularity: coarse`` scores one global vector per side (the weighted average of its
+features), ``fusion: score`` scores a side of several modalities one modality at a time and
+averages the scores, ``weighting: mean`` replaces the learned token/frame weights by uniform
+ones. Retrieval scoring (`retrieval_scores`) follows the same options.
 
 Samples lacking a modality of the group leave it; a group with fewer than two samples is
 skipped; ``mga_loss`` is the mean over the groups computed (each is also logged). With
@@ -38,7 +46,7 @@ Anything else is an error naming the shapes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +61,15 @@ from modaloom.core.interfaces import EncoderOutput, Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec, Reference, group_list_references
 from modaloom.objectives.contrastive import ClampedTemperature
-from modaloom.objectives.fine_grained_similarity import fine_grained_similarity
+from modaloom.objectives.fine_grained_similarity import (
+    Fusion,
+    Granularity,
+    Scoring,
+    Side,
+    Weighting,
+    group_similarity,
+    join,
+)
 from modaloom.objectives.losses import zero_loss_like
 
 __all__ = ["MGA", "MGASpec", "frame_features", "similarity_contrastive_loss"]
@@ -66,8 +82,9 @@ class MGASpec(ObjectiveSpec):
 
     type: Literal["mga"] = "mga"
     groups: list[Group] = Field(default_factory=default_groups, min_length=1)
-    """Modality groups, e.g. ``[[text, vision], [text, audio], [text, [vision, audio]]]``; the
-    first element is the text component."""
+    """Modality groups, e.g. ``[[text, vision], [text, audio], [text, [vision, audio]]]``: one
+    component, then one or a list; in any order (``[vision, audio]``, ``[audio, [text,
+    vision]]``)."""
     embed_dim: int = Field(256, gt=0)
     """Common width C of the projected token and frame features."""
     temperature: float = Field(0.07, gt=0.0)
@@ -83,6 +100,14 @@ class MGASpec(ObjectiveSpec):
     gather: bool = True
     """Use every rank's batch as negatives: token and frame features are gathered with
     gradient and each rank scores its own rows against the global batch."""
+    granularity: Granularity = "fine"
+    """``fine``: token x frame similarity (VALOR); ``coarse``: one global vector per side."""
+    fusion: Fusion = "feature"
+    """A side of several modalities: one joined sequence (``feature``, VALOR) or the mean of
+    per-modality scores (``score``)."""
+    weighting: Weighting = "learned"
+    """Token and frame weights: learned linear layers (``learned``, VALOR) or uniform
+    (``mean``)."""
 
     def references(self) -> list[Reference]:
         """``groups`` name components."""
@@ -168,9 +193,13 @@ class MGA(Objective):
     Args:
         config: the spec.
         dims: D of every component used by the groups.
+        text_names: the components that give tokens (text encoders); the others give one
+            vector per frame or clip. Default: each group's first component.
     """
 
-    def __init__(self, config: MGASpec, dims: dict[str, int]) -> None:
+    def __init__(
+        self, config: MGASpec, dims: dict[str, int], text_names: set[str] | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.proj = nn.ModuleDict({n: nn.Linear(d, config.embed_dim) for n, d in dims.items()})
@@ -179,7 +208,10 @@ class MGA(Objective):
         self.temperature = ClampedTemperature(
             config.temperature, low, high, config.learnable_temperature
         )
-        self.text_names = {group[0] for group in config.groups}
+        self.text_names = text_names if text_names is not None else {g[0] for g in config.groups}
+        self.scoring = Scoring(
+            config.granularity, config.fusion, config.weighting, config.chunk_size
+        )
 
     def embed(self, features: FeatureCache, name: str) -> tuple[Tensor, Tensor, Tensor]:
         """Projected, normalised features (B, N, C), their mask (B, N) and weight logits (B, N).
@@ -206,56 +238,45 @@ class MGA(Objective):
         other side may join several components (``("vision", "audio")``) as a group does.
 
         Returns:
-            ``{"tokens": (B, N, C), "mask": (B, N) float, "logits": (B, N), "is_text": (B,)}``.
+            ``{"tokens": (B, N, C), "mask": (B, N) float, "logits": (B, N), "is_text": (B,)}``
+            (``is_text``: its first component is text); with ``fusion: score`` and several
+            components, each one's too, as ``tokens_<i>``, ``mask_<i>``, ``logits_<i>``.
         """
         if not components or any(name not in self.proj for name in components):
             return None
         is_text = components[0] in self.text_names
-        if is_text and len(components) > 1:
-            return None
         parts = [self.embed(features, name) for name in components]
         tokens, mask, logits = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
         flag = torch.full((tokens.shape[0],), float(is_text), device=tokens.device)
-        return {"tokens": tokens, "mask": mask.float(), "logits": logits, "is_text": flag}
+        side = {"tokens": tokens, "mask": mask.float(), "logits": logits, "is_text": flag}
+        if self.config.fusion == "score" and len(parts) > 1:
+            for index, (part_tokens, part_mask, part_logits) in enumerate(parts):
+                side[f"tokens_{index}"], side[f"logits_{index}"] = part_tokens, part_logits
+                side[f"mask_{index}"] = part_mask.float()
+        return side
 
     def retrieval_scores(self, query: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
-        """Fine-grained scores (Q, T), text on either side."""
-        if not bool(query["is_text"][0]):
+        """MGA scores (Q, T) as training computes them, the text side first when there is one."""
+        if not bool(query["is_text"][0]) and bool(target["is_text"][0]):
             return self.retrieval_scores(target, query).T
-        return fine_grained_similarity(
-            query["tokens"],
-            query["mask"] > 0.5,
-            query["logits"],
-            target["tokens"],
-            target["mask"] > 0.5,
-            target["logits"],
-            self.config.chunk_size,
-        )
+        left = (query["tokens"], query["mask"] > 0.5, query["logits"])
+        return group_similarity(left, retrieval_parts(target), self.scoring)
 
     def group_loss(
         self,
-        cache: dict[str, tuple[Tensor, Tensor, Tensor]],
+        cache: dict[str, Side],
         group: Group,
         rows: Tensor,
         temperature: Tensor,
     ) -> Tensor:
         """The contrastive loss of one group on the selected samples (b >= 2)."""
-        text, text_mask, text_logits = (x[rows] for x in cache[group[0]])
-        parts = [cache[name] for name in group_members(group)]
-        other, other_mask, other_logits = (
-            torch.cat([p[i][rows] for p in parts], 1) for i in range(3)
-        )
+        left = cast(Side, tuple(x[rows] for x in cache[group[0]]))
+        parts = [cast(Side, tuple(x[rows] for x in cache[name])) for name in group_members(group)]
+        if self.scoring.fusion == "feature":
+            parts = [join(parts)]
         if self.config.gather and world_size() > 1:
-            return global_group_loss(
-                (text, text_mask, text_logits),
-                (other, other_mask, other_logits),
-                temperature,
-                self.config.chunk_size,
-            )
-        similarity = fine_grained_similarity(
-            text, text_mask, text_logits, other, other_mask, other_logits, self.config.chunk_size
-        )
-        return similarity_contrastive_loss(similarity, temperature)
+            return global_group_loss(left, parts, temperature, self.scoring)
+        return similarity_contrastive_loss(group_similarity(left, parts, self.scoring), temperature)
 
     def usable(self, rows: Tensor) -> bool:
         """Whether a group has at least two samples (over every rank when gathering; every
@@ -266,7 +287,7 @@ class MGA(Objective):
         return int(count) >= 2
 
     def forward(self, features: FeatureCache) -> dict[str, Tensor]:
-        cache: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        cache: dict[str, Side] = {}
         temperature = self.temperature()  # once: it clamps in place
         out: dict[str, Tensor] = {}
         losses = []
@@ -288,11 +309,19 @@ class MGA(Objective):
         return out
 
 
-Side = tuple[Tensor, Tensor, Tensor]
-"""Features (b, N, C), mask (b, N) bool and weight logits (b, N) of one side of a group."""
+def retrieval_parts(side: dict[str, Tensor]) -> list[Side]:
+    """A `retrieval_side` output as group parts: one, or one per component (score fusion)."""
+    if "tokens_0" not in side:
+        return [(side["tokens"], side["mask"] > 0.5, side["logits"])]
+    count = sum(1 for key in side if key.startswith("tokens_"))
+    return [
+        (side[f"tokens_{i}"], side[f"mask_{i}"] > 0.5, side[f"logits_{i}"]) for i in range(count)
+    ]
 
 
-def global_group_loss(text: Side, other: Side, temperature: Tensor, chunk: int | None) -> Tensor:
+def global_group_loss(
+    text: Side, others: list[Side], temperature: Tensor, scoring: Scoring
+) -> Tensor:
     """This rank's share of the symmetric InfoNCE over the global batch of every rank.
 
     Each rank scores its b rows against the G gathered ones in both directions and sums the
@@ -300,18 +329,19 @@ def global_group_loss(text: Side, other: Side, temperature: Tensor, chunk: int |
     optimises, `gather_with_grad` carrying the gradient back) is the loss of one process on the
     global batch. A rank with no row contributes zero but still joins the gathers.
     """
-    world_text, world_other = gather_side(text), gather_side(other)
+    world_text, world_others = gather_side(text), [gather_side(other) for other in others]
     local = text[0].shape[0]
     sizes = gather_no_grad(torch.tensor([local], device=text[0].device))  # (world,)
     start = int(sizes[: rank()].sum())
     targets = torch.arange(start, start + local, device=text[0].device)
-    t2x = fine_grained_similarity(*text, *world_other, chunk) / temperature  # (b, G)
-    x2t = fine_grained_similarity(*world_text, *other, chunk).T / temperature  # (b, G)
+    t2x = group_similarity(text, world_others, scoring) / temperature  # (b, G)
+    x2t = group_similarity(world_text, others, scoring).T / temperature  # (b, G)
     total = world_text[0].shape[0]
     summed = F.cross_entropy(t2x, targets, reduction="sum") + F.cross_entropy(
         x2t, targets, reduction="sum"
     )
-    anchor = zero_loss_like(world_text[0], world_text[2], world_other[0], world_other[2])
+    gathered = [t for other in world_others for t in (other[0], other[2])]
+    anchor = zero_loss_like(world_text[0], world_text[2], *gathered)
     return summed * world_size() / (2 * total) + anchor
 
 
@@ -324,7 +354,9 @@ def gather_side(side: Side) -> Side:
 def make_mga(config: MGASpec, ctx: BuildContext) -> MGA:
     """Registry factory of ``mga``."""
     names = [name for group in config.groups for name in (group[0], *group_members(group))]
-    return MGA(config, {name: ctx.output_dim(name) for name in dict.fromkeys(names)})
+    dims = {name: ctx.output_dim(name) for name in dict.fromkeys(names)}
+    text = {name for name in dims if getattr(ctx.component(name), "modality", None) == "text"}
+    return MGA(config, dims, text)
 
 
 @hookimpl

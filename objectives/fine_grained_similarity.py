@@ -1,15 +1,52 @@
 """Fine-grained (token x frame) similarity of VALOR's MGA, computed in bounded-memory blocks.
 
-SPEC B7. Re-exported by :mod:`modaloom.objectives.functional`.
+SPEC B7. Re-exported by :mod:`modaloom.objectives.functional`. `group_similarity` adds the
+ablation variants of VALOR's Tab. 10 (`Scoring`): coarse (global) alignment, score-level fusion
+of a side of several modalities, and mean instead of learned weights.
 """
 
 from __future__ import annotations
+
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fine_grained_similarity", "masked_softmax"]
+__all__ = [
+    "Scoring",
+    "Side",
+    "fine_grained_similarity",
+    "global_features",
+    "group_similarity",
+    "masked_softmax",
+]
+
+Side = tuple[Tensor, Tensor, Tensor]
+"""Features (B, N, C), mask (B, N) and weight logits (B, N) of one side of a group."""
+Granularity = Literal["fine", "coarse"]
+Fusion = Literal["feature", "score"]
+Weighting = Literal["learned", "mean"]
+
+
+class Scoring(NamedTuple):
+    """How MGA scores a pair of sides (VALOR's defaults first).
+
+    Attributes:
+        granularity: ``fine`` (token x frame, `fine_grained_similarity`) or ``coarse``: one
+            global vector per side, the weighted average of its features, L2-normalised, and
+            their dot product [I: VALOR's "coarse" global alignment].
+        fusion: a side of several modalities (AV) joins them as one sequence (``feature``) or
+            is scored modality by modality and the scores averaged (``score``).
+        weighting: the weights of tokens and frames come from their learned linear layers
+            (``learned``) or are uniform over valid positions (``mean``).
+        chunk_size: `fine_grained_similarity`'s block size.
+    """
+
+    granularity: Granularity = "fine"
+    fusion: Fusion = "feature"
+    weighting: Weighting = "learned"
+    chunk_size: int | None = None
 
 
 def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
@@ -112,3 +149,43 @@ def fine_grained_similarity(
             out[ti, tj] = block
     assert out is not None
     return out
+
+
+def global_features(side: Side) -> Tensor:
+    """(B, C): the softmax(logits)-weighted average of a side's valid features, L2-normalised."""
+    features, mask, logits = side
+    weights = masked_softmax(logits, mask)
+    return F.normalize(torch.einsum("bnc,bn->bc", features, weights.to(features.dtype)), dim=-1)
+
+
+def side_similarity(left: Side, right: Side, scoring: Scoring) -> Tensor:
+    """(B_l, B_r) scores of two sides, each one sequence."""
+    if scoring.weighting == "mean":
+        left = (left[0], left[1], torch.zeros_like(left[2]))
+        right = (right[0], right[1], torch.zeros_like(right[2]))
+    if scoring.granularity == "coarse":
+        return global_features(left) @ global_features(right).T
+    return fine_grained_similarity(*left, *right, scoring.chunk_size)
+
+
+def join(parts: list[Side]) -> Side:
+    """Several sides' sequences concatenated along N (feature fusion, ``e_av = [e_v; e_a]``)."""
+    if len(parts) == 1:
+        return parts[0]
+    return (
+        torch.cat([p[0] for p in parts], dim=1),
+        torch.cat([p[1] for p in parts], dim=1),
+        torch.cat([p[2] for p in parts], dim=1),
+    )
+
+
+VALOR = Scoring()
+"""VALOR's scoring: fine, feature fusion, learned weights."""
+
+
+def group_similarity(left: Side, right: list[Side], scoring: Scoring = VALOR) -> Tensor:
+    """(B_l, B_r) scores of ``left`` against the side made of the ``right`` parts (one per
+    modality): joined (``feature`` fusion) or scored part by part and averaged (``score``)."""
+    if scoring.fusion == "score" and len(right) > 1:
+        return torch.stack([side_similarity(left, part, scoring) for part in right]).mean(dim=0)
+    return side_similarity(left, join(right), scoring)

@@ -10,14 +10,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from modaloom.core.compose import FeatureCache, LoomModel
+from modaloom.core.compose import BuildContext, FeatureCache, LoomModel
 from modaloom.core.interfaces import Batch, Encoder, EncoderOutput
+from modaloom.core.plugins import load_plugins
 from modaloom.objectives.contrastive import contrastive_loss
 from modaloom.objectives.fine_grained import (
     MGA,
     MGASpec,
     frame_features,
+    make_mga,
     similarity_contrastive_loss,
+)
+from modaloom.objectives.fine_grained_similarity import (
+    fine_grained_similarity,
+    group_similarity,
+    join,
 )
 
 B, D = 4, 5
@@ -301,3 +308,87 @@ if __name__ == "__main__":
     import torch.multiprocessing as mp
 
     mp.spawn(_gather_worker, args=(int(sys.argv[2]), sys.argv[1]), nprocs=2, join=True)
+
+
+def _plain_loss(mga: MGA, features: FeatureCache, left: str, right: list[str]) -> Tensor:
+    """s(L, X) of the joined right side, then the symmetric InfoNCE, composed by hand."""
+    text = mga.embed(features, left)
+    parts = [mga.embed(features, name) for name in right]
+    other = tuple(torch.cat([p[i] for p in parts], dim=1) for i in range(3))
+    similarity = fine_grained_similarity(*text, *other)
+    return similarity_contrastive_loss(similarity, mga.temperature.value)
+
+
+def test_the_default_path_is_the_papers_bit_for_bit() -> None:
+    """Options with VALOR's defaults give exactly the composition of the plain functions."""
+    groups = [["text", "vision"], ["text", ["vision", "audio"]]]
+    model, mga = make(groups)
+    features = FeatureCache(model, batch())
+    out = mga(features)
+    assert torch.equal(out["text-vision"], _plain_loss(mga, features, "text", ["vision"]).detach())
+    assert torch.equal(
+        out["text-vision+audio"],
+        _plain_loss(mga, features, "text", ["vision", "audio"]).detach(),
+    )
+    query = mga.retrieval_side(("text",), features)
+    target = mga.retrieval_side(("vision", "audio"), features)
+    assert query is not None and target is not None and "tokens_0" not in target
+    expected = fine_grained_similarity(
+        query["tokens"], query["mask"] > 0.5, query["logits"],
+        target["tokens"], target["mask"] > 0.5, target["logits"],
+    )  # fmt: skip
+    assert torch.equal(mga.retrieval_scores(query, target), expected)
+    assert torch.equal(mga.retrieval_scores(target, query), expected.T)
+
+
+def test_groups_in_any_order_text_need_not_come_first() -> None:
+    """VALOR Tab. 8: V-A, A-TV and V-TA groups."""
+    groups = [["vision", "audio"], ["audio", ["text", "vision"]], ["vision", ["text", "audio"]]]
+    model, mga = make(groups)
+    mga.text_names = {"text"}  # what make_mga reads from the components' modality
+    features = FeatureCache(model, batch())
+    out = mga(features)
+    expected = [
+        _plain_loss(mga, features, "vision", ["audio"]),
+        _plain_loss(mga, features, "audio", ["text", "vision"]),
+        _plain_loss(mga, features, "vision", ["text", "audio"]),
+    ]
+    assert_close(out["vision-audio"], expected[0].detach())
+    assert_close(out["audio-text+vision"], expected[1].detach())
+    assert_close(out["vision-text+audio"], expected[2].detach())
+    assert_close(out["mga_loss"], torch.stack(expected).mean())
+    text = mga.embed(features, "text")
+    assert text[0].shape[1] == 4  # tokens, not frames
+    out["mga_loss"].backward()
+    assert model.components["text"].linear.weight.grad is not None
+
+
+def test_score_fusion_coarse_and_mean_variants_train_and_score_alike() -> None:
+    groups = [["text", ["vision", "audio"]]]
+    for fields in ({"fusion": "score"}, {"granularity": "coarse"}, {"weighting": "mean"}):
+        model, mga = make(groups, **fields)
+        features = FeatureCache(model, batch())
+        loss = mga(features)["mga_loss"]
+        text = mga.embed(features, "text")
+        parts = [mga.embed(features, name) for name in ("vision", "audio")]
+        similarity = group_similarity(
+            text, parts if "fusion" in fields else [join(parts)], mga.scoring
+        )
+        assert_close(loss, similarity_contrastive_loss(similarity, mga.temperature.value))
+        query = mga.retrieval_side(("text",), features)
+        target = mga.retrieval_side(("vision", "audio"), features)
+        assert query is not None and target is not None
+        assert_close(mga.retrieval_scores(query, target), similarity)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in mga.parameters() if p.grad is not None)
+
+
+def test_the_factory_takes_tokens_from_text_encoders_wherever_they_sit() -> None:
+    text, vision, audio = Toy(), Toy(), Toy()
+    text.modality = "text"
+    ctx = BuildContext(load_plugins(entry_points=False))
+    ctx.components.update(text=text, vision=vision, audio=audio)
+    config = MGASpec.model_validate(
+        {"groups": [["vision", "audio"], ["audio", ["text", "vision"]]]}
+    )
+    assert make_mga(config, ctx).text_names == {"text"}

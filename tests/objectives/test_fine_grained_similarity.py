@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.testing import assert_close
 
-from modaloom.objectives.fine_grained_similarity import fine_grained_similarity, masked_softmax
+from modaloom.objectives.fine_grained_similarity import (
+    Scoring,
+    fine_grained_similarity,
+    global_features,
+    group_similarity,
+    join,
+    masked_softmax,
+)
 
 
 def fine_grained_similarity_reference(
@@ -148,3 +155,32 @@ def test_sample_without_valid_tokens_scores_zero_with_finite_gradients() -> None
     scores.sum().backward()
     assert text.grad is not None and torch.isfinite(text.grad).all()
     assert torch.equal(text.grad[~text_mask.bool()], torch.zeros_like(text.grad[~text_mask.bool()]))
+
+
+def _side(batch: int, length: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    features = F.normalize(torch.randn(batch, length, 4, generator=g), dim=-1)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, -1] = False
+    return features, mask, torch.randn(batch, length, generator=g)
+
+
+def test_group_similarity_variants() -> None:
+    """VALOR Tab. 10: feature vs score fusion, fine vs coarse, learned vs mean weights."""
+    text, vision, audio = _side(3, 5, 0), _side(2, 3, 1), _side(2, 2, 2)
+    joined = join([vision, audio])
+    default = group_similarity(text, [vision, audio])  # the paper's: one joined sequence
+    assert torch.equal(default, fine_grained_similarity(*text, *joined))
+    score = group_similarity(text, [vision, audio], Scoring(fusion="score"))
+    expected = fine_grained_similarity(*text, *vision) + fine_grained_similarity(*text, *audio)
+    assert_close(score, expected / 2)
+    mean = group_similarity(text, [joined], Scoring(weighting="mean"))
+    uniform = fine_grained_similarity(
+        text[0], text[1], torch.zeros(3, 5), joined[0], joined[1], torch.zeros(2, 5)
+    )
+    assert_close(mean, uniform)
+    coarse = group_similarity(text, [joined], Scoring(granularity="coarse"))
+    g_t = F.normalize((masked_softmax(text[2], text[1])[..., None] * text[0]).sum(1), dim=-1)
+    g_x = F.normalize((masked_softmax(joined[2], joined[1])[..., None] * joined[0]).sum(1), dim=-1)
+    assert_close(coarse, g_t @ g_x.T)
+    assert_close(global_features(text), g_t)
