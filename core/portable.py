@@ -3,9 +3,10 @@ checkpoints or its tokenizer directory again.
 
 When training starts, each component that starts from a checkpoint (``pretrained``) gets
 ``artifacts/components/<name>/`` in the run: the configuration that rebuilds its architecture
-as built (``config.json``, written by the component's ``save_config``), the settings of the
-processor it reads (``preprocessor_config.json``, `Processor.export`) and `RECORD_FILE`
-(which component, and the checkpoint it came from). ``artifacts/sources.json``
+as built (``config.json``, written by the component's ``save_config``), a copy of the
+checkpoint's ``preprocessor_config.json`` (from which the processors take what the data spec
+leaves unset: pixel mean, std and size, AST's spectrogram settings) and `RECORD_FILE` (which
+component, and the checkpoint it came from). ``artifacts/sources.json``
 lists the outside paths the run took (``pretrained`` values, ``data.text.tokenizer``); the
 tokenizer itself is kept in ``artifacts/tokenizer``.
 
@@ -20,14 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from modaloom.core.errors import ExportError
-from modaloom.core.interfaces import Processor
 from modaloom.core.spec_models import ExperimentSpec, ModelSpec
 
 __all__ = [
@@ -49,6 +51,8 @@ COMPONENTS_DIR = "components"
 RECORD_FILE = "modaloom-component.json"
 """In a kept component's directory: ``{"component", "type", "pretrained"}``; marks a directory
 that holds a configuration without weights."""
+PREPROCESSOR_FILES = ("preprocessor_config.json",)
+"""A checkpoint's files that the processors read (kept beside the configuration)."""
 SOURCES_FILE = "sources.json"
 """Under ``artifacts/``: ``{"pretrained": {component: value}, "tokenizer": value or null}``."""
 
@@ -64,8 +68,6 @@ def is_kept_component(path: str | Path) -> bool:
 def save_components(
     spec: ExperimentSpec,
     components: Mapping[str, nn.Module],
-    inputs: Mapping[str, tuple[str, ...]],
-    processors: Mapping[str, Processor],
     artifacts: Path,
 ) -> None:
     """Keep, under ``artifacts``, what rebuilds each ``pretrained`` component without its
@@ -77,8 +79,6 @@ def save_components(
     Args:
         spec: the run's spec.
         components: the built components by name (`LoomModel.components`).
-        inputs: the batch fields each component reads (`LoomModel.inputs`).
-        processors: the data processors by field.
         artifacts: the run's ``artifacts/`` directory.
     """
     pretrained: dict[str, str] = {}
@@ -97,9 +97,10 @@ def save_components(
                 checkpoint,
             )
             continue
-        for field in inputs.get(name, ())[:1]:
-            if field in processors:
-                processors[field].export(directory)
+        for file in PREPROCESSOR_FILES:
+            found = checkpoint_file(checkpoint, file)
+            if found is not None:
+                shutil.copyfile(found, directory / file)
         record = {"component": name, "type": component_spec.type, "pretrained": checkpoint}
         (directory / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         pretrained[name] = checkpoint
@@ -109,6 +110,18 @@ def save_components(
         sources = {"pretrained": pretrained, "tokenizer": tokenizer}
         artifacts.mkdir(parents=True, exist_ok=True)
         (artifacts / SOURCES_FILE).write_text(json.dumps(sources, indent=2) + "\n")
+
+
+def checkpoint_file(checkpoint: str, name: str) -> Path | None:
+    """File ``name`` of a checkpoint directory or of a model in the Hugging Face cache."""
+    local = Path(checkpoint).expanduser() / name
+    if local.is_file():
+        return local
+    try:
+        found = try_to_load_from_cache(checkpoint, name)
+    except ValueError:  # not a valid model name
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 def _save_config(module: nn.Module, directory: Path) -> None:

@@ -290,7 +290,7 @@ def setup_session(
     set_seed(train.seed)  # model init does not depend on how the tokenizer was obtained
     model = build_model(model_spec, registry, processors)
     if accelerator.is_main_process and save_artifacts:
-        portable.save_components(spec, model.components, model.inputs, processors, artifacts)
+        portable.save_components(spec, model.components, artifacts)
     for index, stage in enumerate(train.resolved_stages()):
         stage_actions(model, stage, index)  # unknown actions fail before training starts
     check_stage_data(spec)
