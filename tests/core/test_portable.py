@@ -41,6 +41,7 @@ def write_pretrained(root: Path, manifest: Path) -> tuple[Path, Path]:
     texts = [json.loads(line)["text"] for line in manifest.read_text().splitlines()]
     tokenizer = train_wordpiece(texts, 60)
     tokenizer.save_pretrained(bert_dir)
+    tokenizer.save_pretrained(root / "tokenizer")  # data.text.tokenizer
     config = BertConfig(**TINY_BERT, vocab_size=len(tokenizer))
     BertModel(config, add_pooling_layer=False).save_pretrained(bert_dir)
     return vit_dir, bert_dir
@@ -54,6 +55,7 @@ def run_tree(registry: Registry, manifest: Path, vit: Path, bert: Path) -> dict[
     }
     tree["model"]["objectives"][0]["embed_dim"] = 16
     tree["data"]["sources"]["train"]["path"] = str(manifest)
+    tree["data"]["text"]["tokenizer"] = str(bert.parent / "tokenizer")
     tree["data"]["eval_sources"] = {"test": {"type": "jsonl", "path": str(manifest)}}
     tree["eval"] = [{"type": "retrieval", "source": "test"}]
     tree["train"].update(steps=2, checkpoint_every=1, log_every=1)
@@ -79,7 +81,8 @@ def moved(registry: Registry, shapes_manifest: Path, tmp_path_factory: Any) -> d
     target.parent.mkdir()
     shutil.move(run, target)
     shutil.rmtree(root / "pretrained")
-    return {"run": target, "before": before, "vit": str(vit), "bert": str(bert)}
+    tokenizer = str(root / "pretrained" / "tokenizer")
+    return {"run": target, "before": before, "vit": str(vit), "bert": str(bert), "tok": tokenizer}
 
 
 def test_the_run_keeps_what_rebuilds_its_pretrained_components(moved: dict[str, Any]) -> None:
@@ -95,7 +98,7 @@ def test_the_run_keeps_what_rebuilds_its_pretrained_components(moved: dict[str, 
     assert not list(vision.glob("*.safetensors"))  # weights stay in the checkpoints
     assert json.loads((artifacts / "sources.json").read_text()) == {
         "pretrained": {"vision": moved["vit"], "text": moved["bert"]},
-        "tokenizer": None,
+        "tokenizer": moved["tok"],
     }
 
 
@@ -159,6 +162,7 @@ def test_init_from_the_moved_run(
         "vision": {"type": "vit", "config": TINY_VIT},
         "text": {"type": "bert", "config": TINY_BERT},
     }
+    tree["data"]["text"]["tokenizer"] = None  # the source run's
     tree["train"].update(steps=1, init_from={"path": str(moved["run"])})
     train(load_spec(tree, registry=registry), tmp_path, registry=registry, show_progress=False)
     report = json.loads((tmp_path / "init_report.json").read_text())
