@@ -94,6 +94,8 @@ def test_whole_model_export_loads_with_modaloom(
     assert torch.equal(theirs.embed("text", CAPTIONS), ours.embed("text", CAPTIONS))
     assert torch.equal(theirs.embed("image", image), ours.embed("image", image))
     assert "# run: the whole model" in (output / "README.md").read_text()
+    assert main(["eval", str(output / "spec.yaml"), "--checkpoint", str(output)]) == 0
+    assert "retrieval.t2v.r1" in json.loads((output / "metrics.json").read_text())
     tree = tiny_tree(registry, shapes_manifest)  # and a run can start from it
     tree["train"].update(steps=1, eval_every=None, init_from={"path": str(output)})
     train(
