@@ -107,6 +107,8 @@ def export_component(
     try:
         module.export_pretrained(output)  # type: ignore[operator]
     except ExportError as exc:
+        if not any(output.iterdir()):
+            output.rmdir()  # leave nothing behind
         raise ExportError(f"cannot export component {component!r} as a {cls}: {exc}") from None
     field = _input_field(loaded, component)
     if field is not None and field in loaded.processors:
