@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from modaloom.core.interfaces import Decoder, DecoderMode
+from modaloom.core.interfaces import ConditionLayout, Decoder, DecoderMode
 
 if TYPE_CHECKING:
     from modaloom.core.compose import FeatureCache
@@ -341,6 +341,7 @@ def decoder_step(
     tail: int | None,
     mode: DecoderMode,
     pad: int,
+    layout: ConditionLayout | None = None,
 ) -> StepFn:
     """A `StepFn` running ``decoder`` on ``prefix generated [tail]`` with cross-attention.
 
@@ -353,13 +354,15 @@ def decoder_step(
         tail: id appended to every row and read (MGC's [MASK]); ``None`` reads the last token.
         mode: the decoder's self-attention pattern (``causal`` or ``prefix``).
         pad: the padding id.
+        layout: how the condition's modalities are attended (`ConditionLayout`); ``None``:
+            one attention over the whole condition.
     """
 
     def step(generated: Tensor, origin: Tensor) -> Tensor:
         ids, mask, read = splice(prefix[origin], lengths[origin], generated, tail, pad)
         prefix_lengths = lengths[origin] if mode == "prefix" else None
         hidden = decoder.hidden_states(
-            ids, mask, condition[origin], condition_mask[origin], mode, prefix_lengths
+            ids, mask, condition[origin], condition_mask[origin], mode, prefix_lengths, layout
         )
         rows = torch.arange(ids.shape[0], device=ids.device)
         return decoder.lm_logits(hidden[rows, read])

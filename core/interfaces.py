@@ -164,6 +164,21 @@ class Encoder(nn.Module):
         raise ExportError(f"{type(self).__name__} has no Hugging Face layout")
 
 
+class ConditionLayout(NamedTuple):
+    """How a decoder cross-attends to a condition made of several modalities' sequences
+    (VALOR's Tab. 11 variants; the concatenated condition with one attention is ``None``).
+
+    Attributes:
+        segments: the lengths along N of the modalities, in order (they sum to N).
+        combine: ``sequential``: each layer's cross-attention attends to the first modality,
+            its output to the second, and so on; ``parallel``: it attends to each modality from
+            the same input and the outputs are averaged.
+    """
+
+    segments: tuple[int, ...]
+    combine: Literal["sequential", "parallel"]
+
+
 DecoderMode = Literal["causal", "bidirectional", "prefix"]
 """Self-attention pattern of a text decoder: ``causal`` (j <= i), ``bidirectional`` (all real
 keys) or ``prefix`` (the first ``prefix_lengths`` tokens see each other, the rest is causal)."""
@@ -205,9 +220,12 @@ class Decoder(Protocol):
         condition_mask: Tensor | None = None,
         mode: DecoderMode = "causal",
         prefix_lengths: Tensor | None = None,
+        layout: ConditionLayout | None = None,
     ) -> Tensor:
         """(B, L, D) last hidden states of ``input_ids`` (B, L) attending to ``condition``
-        (B, N, C) where ``condition_mask`` (B, N) is 1; no cross-attention when ``None``."""
+        (B, N, C) where ``condition_mask`` (B, N) is 1; no cross-attention when ``None``.
+        ``layout`` splits the condition into modalities attended one after the other or in
+        parallel; ``None``: one attention over the whole (concatenated) condition."""
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """LM head on any (..., D) hidden states -> (..., V)."""

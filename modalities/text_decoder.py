@@ -46,8 +46,9 @@ from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import ExportError, SpecError
 from modaloom.core.hookspecs import hookimpl
-from modaloom.core.interfaces import DecoderMode, DecoderOutput, EncoderOutput
+from modaloom.core.interfaces import ConditionLayout, DecoderMode, DecoderOutput, EncoderOutput
 from modaloom.core.registry import Registry
+from modaloom.modalities.cross_attention import layered, split_condition
 from modaloom.modalities.hf import (
     HFEncoderSpec,
     component_path,
@@ -195,8 +196,14 @@ class BertTextDecoder(nn.Module):
         condition_mask: Tensor | None = None,
         mode: DecoderMode = "causal",
         prefix_lengths: Tensor | None = None,
+        layout: ConditionLayout | None = None,
     ) -> Tensor:
-        """The last hidden states, without the LM head (arguments as in `forward`): (B, L, D)."""
+        """The last hidden states, without the LM head (arguments as in `forward`): (B, L, D).
+
+        ``layout`` (several modalities in ``condition``): every layer's cross-attention attends
+        to them one at a time, ``sequential`` or ``parallel`` (`modaloom.modalities.
+        cross_attention`); ``None``: one attention over the whole condition (VALOR's concat).
+        """
         dtype = self.bert.embeddings.word_embeddings.weight.dtype
         implementation = self.bert.config._attn_implementation
         allowed = self_attention_mask(attention_mask, mode, prefix_lengths)
@@ -207,13 +214,18 @@ class BertTextDecoder(nn.Module):
             if condition_mask is not None:
                 keys = condition_mask.bool()[:, None, :].expand(-1, input_ids.shape[1], -1)
                 cross_bias = _attention_bias(keys, dtype, implementation)
-        output = self.bert(
-            input_ids=input_ids,
-            attention_mask=self_bias,
-            encoder_hidden_states=states,
-            encoder_attention_mask=cross_bias,
-            use_cache=False,
-        )
+        others: list[tuple[Tensor, Tensor | None]] = []
+        if states is not None and layout is not None and len(layout.segments) > 1:
+            (states, cross_bias), *others = split_condition(states, cross_bias, layout.segments)
+        modules = [layer.crossattention for layer in self.bert.encoder.layer] if others else []
+        with layered(modules, others, layout.combine if layout is not None else "sequential"):
+            output = self.bert(
+                input_ids=input_ids,
+                attention_mask=self_bias,
+                encoder_hidden_states=states,
+                encoder_attention_mask=cross_bias,
+                use_cache=False,
+            )
         return output.last_hidden_state  # type: ignore[no-any-return]
 
     def forward(

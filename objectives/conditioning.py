@@ -15,7 +15,10 @@ from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
 from modaloom.core.features import FeatureCache
 from modaloom.core.generation import SearchOptions, SearchTokens, StepFn, decoder_step, search
-from modaloom.core.interfaces import Decoder, TextCodec
+from modaloom.core.interfaces import ConditionLayout, Decoder, TextCodec
+
+CrossAttention = Literal["concat", "sequential", "parallel"]
+"""How a decoder cross-attends to several modalities (`ConditionEncoder.layout`)."""
 
 ANSWER_ROWS = 4096
 """(question, candidate answer) pairs `score_answers` runs through the decoder at once."""
@@ -113,6 +116,18 @@ class ConditionEncoder(nn.Module):
             masks.append(mask if mask is not None else sequence.new_ones(sequence.shape[:2]))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1).long()
 
+    @staticmethod
+    def layout(
+        features: FeatureCache, names: Sequence[str], combine: CrossAttention
+    ) -> ConditionLayout | None:
+        """How a decoder attends to the condition of ``names`` (`forward`'s concatenation):
+        ``None`` for one attention over it (``concat``, or a single component), else its
+        segments (each component's length) and how they combine."""
+        if combine == "concat" or len(names) < 2:
+            return None
+        segments = tuple(int(features[name].sequence.shape[1]) for name in names)
+        return ConditionLayout(segments, combine)
+
 
 def condition_dims(ctx: BuildContext, names: Sequence[str]) -> dict[str, int]:
     """D of each named component (duplicates once, in order): `ConditionEncoder`'s ``dims``."""
@@ -201,8 +216,18 @@ def conditioned_step(
     prefix = prefix.to(device).expand(rows.shape[0], -1)
     lengths = prefix_mask.to(device).expand(rows.shape[0], -1).sum(dim=1)
     decoder = decoder_of(features, objective.config.decoder)
+    combine: CrossAttention = getattr(objective.config, "cross_attention", "concat")  # mgc's
+    layout = objective.condition.layout(features, names, combine)
     step = decoder_step(
-        decoder, prefix, lengths, cond, cond_mask, tail=tail, mode=mode, pad=objective.tokens.pad
+        decoder,
+        prefix,
+        lengths,
+        cond,
+        cond_mask,
+        tail=tail,
+        mode=mode,
+        pad=objective.tokens.pad,
+        layout=layout,
     )
     return step, rows.shape[0], device
 

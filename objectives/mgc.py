@@ -45,6 +45,7 @@ from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec, Reference, group_list_references
 from modaloom.objectives.conditioning import (
     ConditionEncoder,
+    CrossAttention,
     TextTokens,
     check_decoder,
     condition_dims,
@@ -74,6 +75,13 @@ class MGCSpec(ObjectiveSpec):
     """Label-smoothing epsilon of the masked-token loss."""
     qa: bool = False
     """QA variant: mask only the answer span, prefix-bidirectional attention."""
+    cross_attention: CrossAttention = "concat"
+    """How the decoder attends to a group of several modalities (VALOR's Tab. 11): one
+    attention over their concatenated sequences (``concat``, VALOR's), or each layer's
+    cross-attention applied to one modality after the other in the group's order
+    (``sequential``: ``[text, [vision, audio]]`` is v-a, ``[text, [audio, vision]]`` a-v) or to
+    each from the same input with the outputs averaged (``parallel``); the same weights serve
+    every modality [I]. Generation follows it."""
     qa_field: str = "qa"
     """Batch key of ``{"answer_start": (B,) long}`` for the QA variant; ``text`` reads the text
     batch's own ``answer_start``, which the text processor fills for ``{question, answer}``
@@ -152,9 +160,13 @@ class MGC(Objective):
         chosen = labels != -100
         if not bool(chosen.any()):
             return None
-        condition, condition_mask = self.condition(features, group_members(group), rows)
+        members = group_members(group)
+        condition, condition_mask = self.condition(features, members, rows)
+        layout = self.condition.layout(features, members, cfg.cross_attention)
         mode: Literal["prefix", "causal"] = "prefix" if cfg.qa else "causal"
-        hidden = decoder.hidden_states(masked, mask, condition, condition_mask, mode, prefix)
+        hidden = decoder.hidden_states(
+            masked, mask, condition, condition_mask, mode, prefix, layout
+        )
         logits = decoder.lm_logits(hidden[chosen])
         return F.cross_entropy(logits, labels[chosen], label_smoothing=cfg.label_smoothing)
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.testing import assert_close
 
 from modaloom.core.compose import FeatureCache, LoomModel
+from modaloom.core.interfaces import ConditionLayout
 from modaloom.modalities.text_decoder import BertTextDecoder
 from modaloom.objectives.masking import mask_tokens_for_mlm
 from modaloom.objectives.mgc import MGC
@@ -120,3 +121,37 @@ def test_mgc_qa_masks_only_the_answer_with_a_prefix_mask(
     assert changed.any(dim=1).all()
     with pytest.raises(KeyError, match="answer_start"):
         model(batch("video"))
+
+
+@pytest.mark.parametrize("combine", ["sequential", "parallel"])
+def test_mgc_cross_attention_variants_reach_the_decoder_and_generation(
+    combine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VALOR Tab. 11: the AV group's modalities attended one at a time, in training and in
+    generation; groups of one modality and the default (concat) pass no layout."""
+    model = mgc_model(
+        cross_attention=combine, groups=[["text", "vision"], ["text", ["audio", "vision"]]]
+    )
+    calls = record(model, monkeypatch)
+    data = batch("video", "audio")
+    out = model(data)
+    assert torch.isfinite(out.loss)
+    features = FeatureCache(model, data)
+    audio, vision = (features[name].sequence.shape[1] for name in ("audio", "vision"))
+    layouts = [call["args"][6] for call in calls]
+    assert layouts == [None, ConditionLayout((audio, vision), combine)]  # a-v for sequential
+    out.loss.backward()
+    mgc = model.objectives[0]
+    assert isinstance(mgc, MGC)
+    calls.clear()
+    with torch.no_grad():
+        ids = mgc.generate(FeatureCache(model, data), ["audio", "vision"], max_length=3)
+    assert ids.shape[0] == data["text"]["input_ids"].shape[0]
+    assert calls and all(c["args"][6] == ConditionLayout((audio, vision), combine) for c in calls)
+
+
+def test_mgc_default_cross_attention_is_concat(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mgc_model()
+    calls = record(model, monkeypatch)
+    model(batch("video", "audio"))
+    assert [call["args"][6] for call in calls] == [None, None, None]
