@@ -126,7 +126,7 @@ def decode_audio(
     """
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     with decoding(key):
-        with open_media(source, key) as container:
+        with open_media(source, key, share="audio") as container:
             chunks = _decode_chunks(container, key, sample_rate, limit)
         if not chunks or sum(chunk.shape[0] for chunk in chunks) == 0:
             raise MediaDecodeError(key, "no audio samples")

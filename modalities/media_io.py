@@ -1,6 +1,7 @@
 """Decoding one sample safely: every failure becomes `MediaDecodeError`, and sizes are capped.
 
-`open_media` opens media with PyAV and names FFmpeg's failures; `decoding` (from core, re-exported
+`open_media` opens media with PyAV and names FFmpeg's failures, and lets the video and audio of
+one sample share one opened container (`SHARED_KINDS`); `decoding` (from core, re-exported
 for the modality files) turns anything else raised while decoding one sample into
 `MediaDecodeError`, so ``on_error: skip`` can skip it; `check_pixels` refuses images and video
 frames larger than ``max_pixels`` before decoding them.
@@ -12,6 +13,7 @@ import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import av
@@ -21,6 +23,7 @@ from modaloom.core.errors import MediaDecodeError, decoding
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "SHARED_KINDS",
     "MediaSource",
     "check_pixels",
     "decoding",
@@ -75,31 +78,115 @@ def _reason(exc: BaseException) -> str:
     return str(strerror) if strerror else type(exc).__name__
 
 
+SHARED_KINDS = frozenset({"video", "audio"})
+"""Readers that may share one opened container: each decodes only its own stream, from a
+fresh decoder, so the video and the audio of one mp4 need one open (finding a container's
+streams decodes a few packets: about as long as decoding a 1 s, 32x32 clip)."""
+
+
+@dataclass
+class _Shared:
+    """The container opened last for a `SHARED_KINDS` reader, and which readers used it."""
+
+    pid: int
+    identity: tuple[str, object]
+    container: av.container.InputContainer
+    used: set[str] = field(default_factory=set)
+
+
+_SHARED: _Shared | None = None
+"""At most one container is kept open between two readers, in the process that opened it."""
+
+
+def _identity(source: MediaSource, key: str) -> tuple[str, object] | None:
+    """What makes two reads the same media of the same sample; ``None``: never shared.
+
+    Bytes are compared by value (at once when both fields hold the same object), paths by
+    name; file objects are never shared (reading moves their position).
+    """
+    if isinstance(source, bytes):
+        return key, source
+    if isinstance(source, str | os.PathLike):
+        return key, os.fspath(source)
+    return None
+
+
+def _release_shared() -> None:
+    """Close the kept container (one inherited through ``fork`` is only forgotten)."""
+    global _SHARED
+    shared, _SHARED = _SHARED, None
+    if shared is not None and shared.pid == os.getpid():
+        shared.container.close()
+
+
+def _open(source: MediaSource, key: str) -> av.container.InputContainer:
+    target = _as_av_input(source, key)
+    try:
+        return av.open(target, mode="r", metadata_errors="ignore")
+    except OSError as exc:  # missing file, permission denied (PyAV's are OSError too)
+        raise MediaDecodeError(key, f"cannot open file ({_reason(exc)})") from exc
+    except av.FFmpegError as exc:
+        raise MediaDecodeError(key, f"unreadable or unknown container ({_reason(exc)})") from exc
+
+
+def _reuse(identity: tuple[str, object] | None, kind: str | None) -> _Shared | None:
+    """The kept container when ``kind`` may read it (rewound to the start), else ``None``.
+
+    Any other container kept is closed: the sample it belongs to is done.
+    """
+    shared = _SHARED
+    if kind is None or identity is None:
+        return None
+    mine = shared is not None and shared.pid == os.getpid() and shared.identity == identity
+    if mine and shared is not None and kind not in shared.used:
+        shared.container.seek(0)  # mov, matroska: every stream back to its first packet
+        return shared
+    _release_shared()
+    return None
+
+
 @contextmanager
-def open_media(source: MediaSource, key: str) -> Iterator[av.container.InputContainer]:
+def open_media(
+    source: MediaSource, key: str, *, share: str | None = None
+) -> Iterator[av.container.InputContainer]:
     """Open ``source`` for reading and close it afterwards.
 
     FFmpeg errors raised while opening become ``unreadable or unknown container (<reason>)``;
     FFmpeg errors raised inside the ``with`` block (demuxing, decoding, seeking) become
     ``corrupt or truncated stream (<reason>)``. Both are `MediaDecodeError` for ``key``.
 
+    With ``share`` (one of `SHARED_KINDS`), the container stays open after the block for the
+    other kind's reader of the same ``key`` and ``source`` (bytes or a path), which gets it
+    back rewound to the start; it is closed once both have read it, on an error, or when any
+    other shared media is opened (a sample with video only keeps it until the next sample).
+
     Args:
         source: encoded media (bytes, path or binary file object).
         key: the sample key used in error messages.
+        share: the reader asking (``video`` or ``audio``); ``None``: a container of its own.
 
     Raises:
         MediaDecodeError: the media cannot be opened or read, or ``source`` is of another type.
     """
-    target = _as_av_input(source, key)
-    try:
-        container = av.open(target, mode="r", metadata_errors="ignore")
-    except OSError as exc:  # missing file, permission denied (PyAV's are OSError too)
-        raise MediaDecodeError(key, f"cannot open file ({_reason(exc)})") from exc
-    except av.FFmpegError as exc:
-        raise MediaDecodeError(key, f"unreadable or unknown container ({_reason(exc)})") from exc
+    global _SHARED
+    identity = _identity(source, key)
+    shared = _reuse(identity, share)
+    if shared is None:
+        container = _open(source, key)
+        if share is not None and identity is not None:
+            shared = _SHARED = _Shared(os.getpid(), identity, container)
+    else:
+        container = shared.container
+    done = True
     try:
         yield container
+        done = shared is None or shared.used | {share} >= SHARED_KINDS
     except av.FFmpegError as exc:
         raise MediaDecodeError(key, f"corrupt or truncated stream ({_reason(exc)})") from exc
     finally:
-        container.close()
+        if shared is not None and share is not None:
+            shared.used.add(share)
+        if done and shared is not None and _SHARED is shared:
+            _SHARED = None
+        if done:
+            container.close()

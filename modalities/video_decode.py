@@ -198,7 +198,7 @@ def decode_video(
     with decoding(key):
         source, position = _replayable(source)
         times: list[float] | None = None
-        with open_media(source, key) as container:
+        with open_media(source, key, share="video") as container:
             stream = _checked_stream(container, key, threads, max_pixels)
             line = timeline(container, stream)
             if line.duration is not None and line.duration > 0:
