@@ -331,6 +331,10 @@ class TimeSformerEncoder(Encoder):
         self.pooling = pooling
         self.output_dim = model.hidden_size
 
+    def time_steps(self, frames: int) -> int:
+        """Temporal positions of a clip of ``frames`` frames in the output (frames / tubelet)."""
+        return self.model.steps(frames)
+
     def stage_actions(self) -> dict[str, Callable[[], None]]:
         """``inflate``: re-initialise the temporal branches from the trained spatial ones."""
         return {"inflate": lambda: initialise_temporal_from_spatial(self.model)}

@@ -30,7 +30,8 @@ gradient, and each rank scores its own rows against the global batch (`global_gr
 **One vector per frame / clip** (`frame_features`) from a component's `EncoderOutput`, with
 ``T`` = the component's ``tokens_per_clip`` / ``tokens_per_frame`` attribute when it has one
 (AST: ``N / tokens_per_clip`` clips), else the time axis of its input (``pixel_values`` (B, T,
-3, H, W) frames, ``spectrogram`` (B, T, M, L) clips; 1 otherwise):
+3, H, W) frames, or the component's ``time_steps(T)`` when it has one: a TimeSformer with a
+tubelet t gives T / t positions; ``spectrogram`` (B, T, M, L) clips; 1 otherwise):
 
 1. ``N == T``: ``sequence`` as is (``frame_mean`` gives one feature per frame);
 2. ``N % T == 0``: ``sequence`` cut into T equal chunks, each reduced by ``frame_pooling``
@@ -134,7 +135,8 @@ def _time_steps(component: nn.Module, inputs: dict[str, Tensor], tokens: int) ->
             return tokens // size
     pixels, spectrogram = inputs.get("pixel_values"), inputs.get("spectrogram")
     if pixels is not None and pixels.ndim == 5:
-        return int(pixels.shape[1])
+        steps = getattr(component, "time_steps", None)  # a tubelet TimeSformer: frames / t
+        return int(steps(pixels.shape[1])) if callable(steps) else int(pixels.shape[1])
     if spectrogram is not None and spectrogram.ndim == 4:
         return int(spectrogram.shape[1])
     return 1

@@ -13,6 +13,7 @@ from modaloom.core.errors import SpecError
 from modaloom.core.plugins import load_plugins
 from modaloom.core.spec_models import ComponentSpec
 from modaloom.modalities.timesformer import TimeSformer, TimeSformerEncoder
+from modaloom.objectives.fine_grained import frame_features
 from modaloom.tests.tiny import TINY_VIT
 
 REGISTRY = load_plugins(entry_points=False)
@@ -121,3 +122,14 @@ def test_the_default_path_is_unchanged() -> None:
     encoder = build(num_frames=2)
     assert encoder.model.tubelet == 1 and encoder.model.tubelet_embed is None
     assert not any("tubelet" in key for key in encoder.state_dict())
+
+
+def test_mga_takes_one_vector_per_tubelet_position() -> None:
+    encoder = build(num_frames=4, tubelet=2)
+    inputs = {"pixel_values": torch.randn(2, 4, 3, 32, 32)}
+    with torch.no_grad():
+        output = encoder(inputs)
+    features, mask = frame_features(output, encoder, inputs, "cls")
+    assert features.shape == (2, 2, 32) and mask.shape == (2, 2)
+    expected = output.sequence[:, 1:].unflatten(1, (2, PATCHES)).mean(dim=2)
+    assert_close(features, expected)
