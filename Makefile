@@ -13,7 +13,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,eval,demo]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,eval,demo,track]"
 	touch $(STAMP)
 
 install: $(STAMP)

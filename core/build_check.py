@@ -18,6 +18,7 @@ from modaloom.core.data import build_processors
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ExperimentSpec
 from modaloom.core.stage_actions import stage_actions
+from modaloom.core.tracking import check_trackers
 
 
 class BuildCheck(NamedTuple):
@@ -46,8 +47,10 @@ def check_build(spec: ExperimentSpec, registry: Registry) -> BuildCheck:
 
     Raises:
         SpecError: located at the entry that cannot be built (``model.components.vision``,
-            ``train.stages.1.actions.0``, ``eval.2``).
+            ``train.stages.1.actions.0``, ``eval.2``), or at a tracker that is unknown or not
+            installed (``train.log_with.0``).
     """
+    check_trackers(spec.train, registry)
     pretrained = tuple(
         name
         for name, component in spec.model.components.items()

@@ -41,3 +41,8 @@ def modaloom_register_evaluators(registry: Registry) -> None:
 @hookspec
 def modaloom_register_presets(registry: Registry) -> None:
     """Register named specs (YAML files or dicts)."""
+
+
+@hookspec
+def modaloom_register_trackers(registry: Registry) -> None:
+    """Register experiment trackers (``registry.add_tracker``) that ``train.log_with`` names."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate.utils import send_to_device
 from torch import Tensor
 
 from modaloom.core.checkpoint import (
@@ -25,6 +26,7 @@ from modaloom.core.data import batch_from_values, build_processors, build_source
 from modaloom.core.errors import CheckpointError
 from modaloom.core.generation import TextGenerator
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
+from modaloom.core.preprocess import Preprocess
 from modaloom.core.registry import Registry
 from modaloom.core.portable import portable_model, provided_values
 from modaloom.core.run_dir import CHECKPOINTS_DIR, SPEC_FILE
@@ -125,13 +127,29 @@ def load_run(
 class Pipeline:
     """Inference on a trained model: ``embed``, ``score`` (and, with a decoder, captions).
 
-    Inputs are raw values as a source would yield them: strings for text, bytes or paths for
-    media.
+    Inputs are raw values as a source would yield them (strings for text, bytes or paths for
+    media) or media in memory: PIL images, numpy arrays and tensors ((3, H, W) or (H, W, 3)
+    images, (T, 3, H, W) or (T, H, W, 3) clips; uint8, or float in [0, 1]) and audio as
+    ``(waveform, sample_rate)`` with a (channels, samples) waveform
+    (`modaloom.modalities.array_inputs`). `processors` gives the transforms for a DataLoader
+    of one's own, and `embed_processed` embeds their collated output.
     """
 
     def __init__(self, run: LoadedRun) -> None:
         self.run = run
         self.model = run.model
+
+    @property
+    def processors(self) -> dict[str, Preprocess]:
+        """Per modality, ``value -> {name: tensor}`` without augmentation, with ``.collate``."""
+        return {name: Preprocess(p, name) for name, p in self.run.processors.items()}
+
+    @torch.no_grad()
+    def embed_processed(self, modality: str, inputs: dict[str, Tensor]) -> Tensor:
+        """L2-normalised embeddings (N, E) of a collated batch of ``processors[modality]``
+        outputs (equal to `embed` on the same raw values)."""
+        batch: Batch = {"__keys__": [], "__meta__": [], modality: inputs}
+        return self.embedding_of(modality, send_to_device(batch, self.run.device))
 
     def batch(self, field: str, values: list[Any]) -> Batch:
         """Process raw values of one modality into a batch on the model's device."""

@@ -53,6 +53,7 @@ REGISTER_HOOKS: tuple[str, ...] = (
     "modaloom_register_sources",
     "modaloom_register_evaluators",
     "modaloom_register_presets",
+    "modaloom_register_trackers",
 )
 
 _default: Registry | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pydantic import BaseModel
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from modaloom.core.errors import DuplicateComponentError, UnknownComponentError
 
 if TYPE_CHECKING:
+    from accelerate.tracking import GeneralTracker
     from torch import nn
 
     from modaloom.core.compose import BuildContext
@@ -33,6 +35,7 @@ Kind = Literal[
     "source",
     "evaluator",
     "preset",
+    "tracker",
 ]
 KINDS: tuple[Kind, ...] = (
     "modality",
@@ -43,6 +46,7 @@ KINDS: tuple[Kind, ...] = (
     "source",
     "evaluator",
     "preset",
+    "tracker",
 )
 
 # A factory takes its own config class (a subclass of the kind's spec base), hence ``Any``.
@@ -60,6 +64,8 @@ EvaluatorFactory = Callable[[Any], "Evaluator"]
 """``(evaluator config) -> Evaluator``."""
 PresetFactory = Callable[[], Mapping[str, Any]]
 """``() -> the preset's raw spec mapping``."""
+TrackerFactory = Callable[[Path, Mapping[str, Any]], "GeneralTracker"]
+"""``(logging directory, train.tracker_config[name]) -> an Accelerate GeneralTracker``."""
 
 
 def type_name(config: type[BaseModel]) -> str:
@@ -220,6 +226,12 @@ class Registry:
         """Register a named spec; ``factory`` returns its raw mapping."""
         return self.add("preset", name, factory, description=description, **extra)
 
+    def add_tracker(
+        self, name: str, factory: TrackerFactory, *, description: str = "", **extra: Any
+    ) -> Component:
+        """Register an experiment tracker that ``train.log_with`` names (beside Accelerate's)."""
+        return self.add("tracker", name, factory, description=description, **extra)
+
     def _add_typed(
         self,
         kind: Kind,
@@ -257,6 +269,10 @@ class Registry:
     def preset_factory(self, name: str) -> PresetFactory:
         """The loader of preset ``name``."""
         return cast("PresetFactory", self._factory("preset", name))
+
+    def tracker_factory(self, name: str) -> TrackerFactory:
+        """The factory of tracker ``name``."""
+        return cast("TrackerFactory", self._factory("tracker", name))
 
     def _factory(self, kind: Kind, name: str) -> Callable[..., Any]:
         component = self.get(kind, name)

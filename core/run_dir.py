@@ -10,10 +10,10 @@ loaded, in `RunClaim.commit`.
 
 On resume these spec fields may change and spec.yaml takes the new values: ``train.steps``, the
 ``steps`` of each stage, ``train.log_every``, ``eval_every``, ``checkpoint_every``,
-``keep_last``, ``eval`` and ``data.eval_sources`` / ``eval_batch_size``. Any other difference is
-logged at WARNING, training uses the new values and spec.yaml keeps the original. A resume is
-refused (by the loaders) when the weights do not fit the model, the process count differs, or
-the data position cannot be restored.
+``keep_last``, ``log_with``, ``tracker_config``, ``eval`` and ``data.eval_sources`` /
+``eval_batch_size``. Any other difference is logged at WARNING, training uses the new values
+and spec.yaml keeps the original. A resume is refused (by the loaders) when the weights do not
+fit the model, the process count differs, or the data position cannot be restored.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ ARTIFACTS_DIR = "artifacts"
 """What the processors learned (a trained tokenizer), in the run directory."""
 LOCK_FILE = ".modaloom.lock"
 RESUMABLE = re.compile(
-    r"^(train\.(steps|stages\.\d+\.steps|log_every|eval_every|checkpoint_every|keep_last)"
+    r"^(train\.(steps|stages\.\d+\.steps|log_every|eval_every|checkpoint_every|keep_last"
+    r"|log_with(\..+)?|tracker_config(\..+)?)"
     r"|eval(\..+)?|data\.(eval_sources(\..+)?|eval_batch_size))$"
 )
 """Spec paths a resumed run may change (spec.yaml is rewritten with the new values)."""

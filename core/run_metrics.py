@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from modaloom.core import tracking
 from modaloom.core.evaluation import run_evaluators, write_metrics
 
 if TYPE_CHECKING:
@@ -20,10 +21,12 @@ FINAL_METRICS_FILE = "metrics.json"
 
 
 def append_metrics(session: TrainingSession, record: dict[str, Any]) -> None:
-    """Append one JSON line to metrics.jsonl (main process only)."""
+    """Append one JSON line to metrics.jsonl and send its numbers to the trackers (main
+    process only)."""
     if session.accelerator.is_main_process:
         with session.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        tracking.log_record(session.accelerator, record)
 
 
 def evaluate(session: TrainingSession, stage: str) -> dict[str, float]:
@@ -76,10 +79,19 @@ def log_step(
     record.update(
         {
             "lr": session.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm(session.grad_norm),
             "skipped_samples": int(skipped),
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
     )
     append_metrics(session, record)
-    bar.set_postfix(loss=f"{record['loss']:.4f}")
+    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}")
     return float(record["loss"])
+
+
+def grad_norm(norm: torch.Tensor | None) -> float | None:
+    """The last step's gradient norm as a number (every rank: gathers a sharded norm)."""
+    if norm is None:
+        return None
+    full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return float(full)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_
 from tqdm.auto import tqdm
 
 from modaloom.core import checkpoint as ckpt
-from modaloom.core import fsdp, portable, run_dir, run_metrics, run_state
+from modaloom.core import fsdp, portable, run_dir, run_metrics, run_state, tracking
 from modaloom.core.compose import LoomModel, build_model
 from modaloom.core.data import build_processors, build_sources
 from modaloom.core.errors import ModaloomError
@@ -58,11 +59,12 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def make_accelerator(precision: str, accumulation: int) -> Accelerator:
+def make_accelerator(precision: str, accumulation: int, **trackers: Any) -> Accelerator:
     """An `Accelerator` on CUDA when present, else CPU (gloo under torchrun).
 
     FSDP or DeepSpeed come from Accelerate's own configuration (its environment variables);
-    a warning says when Accelerate ignored them (it does on CPU).
+    a warning says when Accelerate ignored them (it does on CPU). ``trackers``: the trackers
+    (`modaloom.core.tracking.accelerator_kwargs`).
     """
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
@@ -73,6 +75,7 @@ def make_accelerator(precision: str, accumulation: int) -> Accelerator:
         mixed_precision=mixed,
         gradient_accumulation_steps=accumulation,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **trackers,
     )
     fsdp.check_strategy(accelerator)
     return accelerator
@@ -102,6 +105,8 @@ class TrainingSession:
     last_checkpoint: Path | None = None
     init_report: InitReport | None = None
     """What ``train.init_from`` loaded (a fresh fine-tuning run)."""
+    grad_norm: torch.Tensor | None = None
+    """Global gradient norm of the last optimizer step, before clipping."""
 
     @property
     def checkpoint_root(self) -> Path:
@@ -234,8 +239,9 @@ class TrainingSession:
             # which the optimizer step below changes in place before the terms are logged
             terms = {name: value.detach().clone() for name, value in output.terms.items()}
             acc.backward(output.loss)
-            if acc.sync_gradients and train.max_grad_norm is not None:
-                acc.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+            if acc.sync_gradients:  # without clipping, max_norm inf only measures the norm
+                limit = math.inf if train.max_grad_norm is None else train.max_grad_norm
+                self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), limit)
             self.optimizer.step()
             if acc.sync_gradients:
                 self.scheduler.step()
@@ -352,7 +358,10 @@ def train(
 
         registry = default_registry()
     output = Path(output_dir)
-    accelerator = make_accelerator(spec.train.precision, spec.train.gradient_accumulation)
+    trackers = tracking.accelerator_kwargs(spec, registry, output)
+    accelerator = make_accelerator(
+        spec.train.precision, spec.train.gradient_accumulation, **trackers
+    )
     tree = spec_to_tree(spec)
     claimed = run_dir.claim(accelerator, output, tree, resume=resume, overwrite=overwrite)
     try:
@@ -366,6 +375,8 @@ def train(
             if session.init_report is not None:
                 session.init_report.write(output)
                 log.warning("%s; report in %s", session.init_report.summary(), output)
+        tracking.start(accelerator, spec, session.step)
         return session.run()
     finally:
+        tracking.finish(accelerator)
         claimed.release()

@@ -241,6 +241,23 @@ class TrainSpec(Spec):
     """Run the spec's ``eval:`` section every this many steps and after the last one, on every
     rank; the metrics go to metrics.jsonl (``eval/<metric>``) and, after the last step, to
     metrics.json in the run directory. ``null``: evaluate only with ``modaloom eval``."""
+    log_with: list[str] = []
+    """Experiment trackers that receive every number of metrics.jsonl and the resolved spec
+    as hyperparameters: Accelerate's names (``tensorboard``, ``wandb``, ``mlflow``,
+    ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio``, ``all``) or a
+    plugin's tracker (`modaloom.core.tracking`). Logs of local trackers go to
+    ``OUTPUT/trackers``."""
+    tracker_config: dict[str, dict[str, Any]] = {}
+    """Per tracker named in ``log_with``, keyword arguments for it, passed through (Accelerate's
+    ``init_kwargs``): ``{wandb: {entity: me, tags: [a]}, tensorboard: {flush_secs: 30}}``."""
+
+    @model_validator(mode="after")
+    def _configured_trackers_are_used(self) -> TrainSpec:
+        unused = sorted(set(self.tracker_config) - set(self.log_with))
+        if unused and "all" not in self.log_with:
+            fix = "is not in train.log_with; add it there or remove it"
+            raise SpecProblems([(f"tracker_config.{name}", fix) for name in unused])
+        return self
 
     @model_validator(mode="after")
     def _steps_or_stages(self) -> TrainSpec:

@@ -6,6 +6,8 @@ container (mp4, webm, mkv); only the first audio stream's packets are decoded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import av
 import av.container
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from modaloom.core.errors import MediaDecodeError
+from modaloom.modalities.array_inputs import is_encoded, waveform_of
 from modaloom.modalities.media_io import MediaSource, decoding, open_media
 
 _DOWNMIX_AVERAGE = {"rematrix_maxval": "1.0"}
@@ -100,7 +103,7 @@ def _decode_chunks(
 
 
 def decode_audio(
-    source: MediaSource,
+    source: MediaSource | Any,
     *,
     sample_rate: int = 16000,
     key: str = "<audio>",
@@ -109,10 +112,11 @@ def decode_audio(
     """Decode the first audio stream to a mono waveform.
 
     Rate, layout or sample format may change mid-stream (concatenated files); up to
-    `MAX_BAD_PACKETS` undecodable packets are skipped.
+    `MAX_BAD_PACKETS` undecodable packets are skipped. Audio in memory, ``(waveform, rate)``,
+    is converted by `modaloom.modalities.array_inputs.waveform_of`.
 
     Args:
-        source: encoded media (bytes, path or binary file object).
+        source: encoded media (bytes, path or binary file object), or audio in memory.
         sample_rate: output rate in Hz (FFmpeg's resampler converts; channels are averaged).
         key: sample key used in error messages.
         max_seconds: stop after this many seconds of output; ``None`` decodes everything.
@@ -125,6 +129,10 @@ def decode_audio(
             stream, or any other failure while decoding (the cause's type and message).
     """
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
+    if not is_encoded(source):
+        with decoding(key):
+            waveform = waveform_of(source, sample_rate, key)
+        return waveform if limit is None else waveform[:limit]
     with decoding(key):
         with open_media(source, key, share="audio") as container:
             chunks = _decode_chunks(container, key, sample_rate, limit)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from modaloom.modalities.array_inputs import image_pixels, is_encoded
 from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, check_pixels, decoding
 from modaloom.modalities.transforms import reduction_factor
 
@@ -60,22 +61,26 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
 ) -> Tensor:
-    """Decode bytes or a path with PIL into (3, H, W) uint8 RGB.
+    """Decode bytes or a path with PIL into (3, H, W) uint8 RGB; in-memory images (PIL, numpy,
+    tensors) are converted (`modaloom.modalities.array_inputs.image_pixels`).
 
     Args:
-        value: the encoded image (bytes) or a local path.
+        value: the encoded image (bytes) or a local path, or an in-memory image.
         key: the sample key used in error messages.
         max_pixels: larger images are refused from their header, before decoding.
         min_side: decode at a reduced size whose shorter side is at least this (``None``: full
             resolution).
 
     Returns:
-        (3, H, W) uint8, a view of an (H, W, 3) array.
+        (3, H, W) uint8, a view of an (H, W, 3) array (float32 in [0, 1] for float arrays).
 
     Raises:
         MediaDecodeError: unreadable, truncated, not an image, over ``max_pixels``, or any
             other failure while decoding (cause's type and message).
     """
+    if not is_encoded(value):
+        with decoding(key):
+            return image_pixels(value, key, max_pixels)
     with decoding(key), _open(value) as image:
         check_pixels(*image.size, max_pixels, key, "image")
         large = reduction_factor(*image.size, min_side) > 1

@@ -78,7 +78,7 @@ def transform_clip(frames: Tensor, config: VideoSpec, *, train: bool, rng: rando
     resizing the shorter side to ``size`` and centre-cropping.
 
     Args:
-        frames: (T, 3, H, W) uint8 frames.
+        frames: (T, 3, H, W) uint8 frames, or float32 in [0, 1].
         config: size, crop scale, flip and normalisation.
         train: training (random) or evaluation (deterministic) transform.
         rng: draws the crop box and the flip in training.
@@ -91,10 +91,8 @@ def transform_clip(frames: Tensor, config: VideoSpec, *, train: bool, rng: rando
         box = random_resized_crop_box(width, height, rng, config.crop_scale)
     else:
         box = center_crop_box(width, height)
-    left, top, w, h = box
     mean, std, size = pixels(config)
-    cropped = frames[..., top : top + h, left : left + w].float().div_(255.0)  # crop, convert
-    out = crop_resize(cropped, (0, 0, w, h), size)
+    out = crop_resize(frames, box, size)  # crops, then uint8 -> [0, 1]
     if train and config.flip and rng.random() < 0.5:
         out = out.flip(-1)
     return normalize(out, mean, std)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import av
 import av.container
@@ -25,6 +26,7 @@ import av.video.stream
 from torch import Tensor
 
 from modaloom.core.errors import MediaDecodeError
+from modaloom.modalities.array_inputs import is_encoded, video_pixels, warn_once
 from modaloom.modalities.media_io import (
     DEFAULT_MAX_PIXELS,
     MediaSource,
@@ -161,7 +163,7 @@ def _rewind(source: MediaSource, position: int | None) -> None:
 
 
 def decode_video(
-    source: MediaSource,
+    source: MediaSource | Any,
     num_frames: int,
     *,
     rng: random.Random | None = None,
@@ -174,10 +176,11 @@ def decode_video(
     """Decode ``num_frames`` frames, one per equal segment of the clip, by seeking.
 
     A container that cannot seek is decoded in order instead; a stream without timestamps is
-    decoded whole and sampled by frame index (see the module docstring).
+    decoded whole and sampled by frame index (see the module docstring). In-memory video
+    (`modaloom.modalities.array_inputs.video_pixels`) is sampled by frame index too.
 
     Args:
-        source: encoded video (bytes, path or binary file object).
+        source: encoded video (bytes, path or binary file object), or frames in memory.
         num_frames: T, the number of frames returned.
         rng: picks a random time in each segment (training); ``None`` takes segment centres.
         key: sample key used in error messages.
@@ -188,12 +191,16 @@ def decode_video(
             (``None``: the video's resolution); see `modaloom.modalities.video_frames`.
 
     Returns:
-        (T, 3, H, W) uint8 RGB frames, upright as the container's display matrix says.
+        (T, 3, H, W) uint8 RGB frames, upright as the container's display matrix says
+        (float32 in [0, 1] for float arrays).
 
     Raises:
         MediaDecodeError: unreadable container, no video stream or decoder, no frames,
             truncated stream, frames over ``max_pixels``, or any other failure while decoding.
     """
+    if not is_encoded(source):
+        with decoding(key):
+            return _sample_frames(video_pixels(source, key, max_pixels), num_frames, rng)
     sizing = FrameSizing(max_pixels, min_side)
     with decoding(key):
         source, position = _replayable(source)
@@ -215,6 +222,21 @@ def decode_video(
             if times is None:
                 return _decode_by_index(container, num_frames, rng, key, max_packets, sizing)
             return _decode_in_order(container, times, key, threads, sizing)
+
+
+def _sample_frames(frames: Tensor, num: int, rng: random.Random | None) -> Tensor:
+    """``num`` of in-memory (T, 3, H, W) frames by the segment rule (a WARNING, once, when T
+    differs)."""
+    if frames.shape[0] == num:
+        return frames
+    warn_once(
+        "video-frames",
+        "video frames in memory are sampled to data.video.frames = %d, one per equal segment "
+        "(got %d)",
+        num,
+        frames.shape[0],
+    )
+    return frames[_sample_indices(frames.shape[0], num, rng)]
 
 
 def probe_duration(source: MediaSource, *, key: str = "<video>") -> float:

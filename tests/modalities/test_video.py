@@ -253,7 +253,9 @@ def test_missing_file_and_wrong_type_raise():
     with pytest.raises(MediaDecodeError) as info:
         VideoProcessor(SMALL).process(42, key="n", train=False, rng=random.Random())
     assert str(info.value) == message(
-        "n", "expected bytes, a path or a binary file object, got int"
+        "n",
+        "expected bytes, a path, a binary file object, a PIL image, a numpy array or a tensor, "
+        "got int",
     )
 
 
