@@ -116,11 +116,37 @@ def cmd_data(args: argparse.Namespace) -> int:
     from modaloom.core.data_commands import inspect_url, pack_manifest
 
     if args.data_command == "pack":
-        shards = pack_manifest(Path(args.manifest), Path(args.output), args.shard_size)
-        print(f"wrote {len(shards)} shard(s) to {args.output}")
+        packed = pack_manifest(Path(args.manifest), Path(args.output), args.shard_size)
+        print(f"wrote {len(packed.shards)} shard(s) to {args.output}")
+        print(f"read them with fields: {json.dumps(packed.fields)}")
         return 0
+    if args.data_command == "convert":
+        return convert_command(args)
     for sample in inspect_url(args.url, limit=args.limit):
         print(json.dumps(sample, default=str))
+    return 0
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    """``modaloom data convert``: manifests per split, a summary line each."""
+    from modaloom.core.convert import REPORT, convert_dataset
+
+    report = convert_dataset(
+        args.format,
+        [Path(source) for source in args.sources],
+        Path(args.output),
+        Path(args.media_root) if args.media_root else None,
+        keep_missing=args.keep_missing,
+        shards=args.shards,
+        shard_size=args.shard_size,
+    )
+    for split, manifest in report.manifests.items():
+        missing = f", {report.missing[split]} without media" if report.missing[split] else ""
+        packed = f", {len(report.shards[split])} shard(s)" if split in report.shards else ""
+        print(f"{split}: {report.items[split]} items{missing}{packed} -> {manifest}")
+    for fields in {json.dumps(f): f for f in report.shard_fields.values()}:
+        print(f"read the shards with fields: {fields}")
+    print(f"wrote {Path(args.output) / REPORT}")
     return 0
 
 
@@ -284,6 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("manifest", help="JSONL manifest with media paths relative to it")
     pack.add_argument("--output", required=True, help="directory for shard-000000.tar, ...")
     pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    convert = data_sub.add_parser(
+        "convert", help="write JSONL manifests per split from a public dataset's annotations"
+    )
+    convert.add_argument(
+        "format",
+        help="coco-karpathy, flickr30k-karpathy, msrvtt, webvid, "
+        "audiocaps, vqav2, valor (modaloom plugins lists every converter)",
+    )
+    convert.add_argument("sources", nargs="+", metavar="SRC", help="the annotation file(s)")
+    convert.add_argument("--output", required=True, help="directory for <split>.jsonl")
+    convert.add_argument(
+        "--media-root", help="where the media files are (default: the first SRC's directory)"
+    )
+    convert.add_argument(
+        "--keep-missing", action="store_true", help="keep lines whose media file is missing"
+    )
+    convert.add_argument(
+        "--shards", action="store_true", help="also pack each split into OUTPUT/shards/<split>/"
+    )
+    convert.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     inspect = data_sub.add_parser("inspect", help="print the first samples of shards")
     inspect.add_argument("url", help="a shard URL or brace pattern (any fsspec protocol)")
     inspect.add_argument("--limit", type=int, default=3, help="samples to print")

@@ -2,12 +2,16 @@
 (``data inspect``).
 
 `pack_manifest` turns a JSONL manifest into webdataset shards: sample ``i`` is written as
-``<i:09d>.<field>`` members holding each media file's bytes (the processors detect the format
-from the bytes) plus ``<i:09d>.json`` with every other field of the line (text, label, ...; the
-manifest's key as ``id``). Read them back with::
+members named by media extension, as webdataset tools expect (``<i:09d>.jpg``, ``.mp4``,
+``.wav``: each media file's bytes; a clip's video and audio naming one file share one member),
+``<i:09d>.json`` with every other field of the line (text, label, ...; the manifest's key as
+``id``), plus ``.txt`` for a string text and ``.cls`` for an integer label. `Packed.fields` is
+the mapping that reads them back, e.g.::
 
     {type: webdataset, urls: "DIR/shard-{000000..000009}.tar",
-     fields: {image: image, text: json.text, label: json.label}}
+     fields: {image: jpg;png, text: json.text, label: json.label}}
+
+``webdataset.WebDataset(url).decode("pil")`` reads the same shards.
 
 The ``jsonl`` and ``webdataset`` sources are built through the registry by name, so core
 imports no plugin.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +55,79 @@ def registered_source(registry: Registry | None, name: str, **fields: Any) -> tu
     return build_sources({name: config}, registry)[name], config
 
 
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov")
+AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "m4a", "ogg", "opus", "aac")
+MEDIA_EXTENSIONS = frozenset((*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *AUDIO_EXTENSIONS))
+"""Media file suffixes kept as member names (others are written under the field's name)."""
+
+
+@dataclass(frozen=True)
+class Packed:
+    """What `pack_manifest` wrote.
+
+    Attributes:
+        shards: the shard paths, in order.
+        fields: the ``webdataset`` source's ``fields`` that reads them back, e.g.
+            ``{"image": "jpg;png", "text": "json.text"}``.
+    """
+
+    shards: list[Path]
+    fields: dict[str, str]
+
+
+def media_members(media: Mapping[str, str]) -> dict[str, str]:
+    """Member name of each media field of one sample: the file's extension (``jpg``,
+    ``mp4``, ``wav``; ``jpeg`` -> ``jpg``); fields naming the same file share its member (a
+    clip's video and audio); a second file with a taken extension gets ``<field>.<ext>``, a
+    file without a known media suffix ``<field>``."""
+    members: dict[str, str] = {}
+    by_path: dict[str, str] = {}
+    for name, path in media.items():
+        ext = Path(path).suffix.lower().lstrip(".")
+        ext = "jpg" if ext == "jpeg" else ext
+        if path in by_path:
+            members[name] = by_path[path]
+            continue
+        member = ext if ext in MEDIA_EXTENSIONS else name
+        if member in by_path.values():
+            member = f"{name}.{ext}" if ext in MEDIA_EXTENSIONS else name
+        members[name] = by_path[path] = member
+    return members
+
+
 def _packed(
-    source: Source, media_fields: tuple[str, ...], bar: tqdm
+    source: Source, media_fields: tuple[str, ...], bar: tqdm, seen: dict[str, set[str]]
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(tar key, {member: bytes}) per manifest line."""
+    """(tar key, {member: bytes}) per manifest line; ``seen`` collects each field's members.
+
+    Media go under their extension (`media_members`); every other field goes into
+    ``<key>.json`` (with the manifest's key as ``id``), a string ``text`` also into
+    ``<key>.txt`` and an integer ``label`` into ``<key>.cls``.
+    """
     for index in range(len(source)):
         raw = source[index]
-        members: dict[str, bytes] = {}
+        media = {k: v for k, v in raw.items() if k in media_fields and isinstance(v, str)}
         record: dict[str, Any] = {"id": raw["__key__"]}
-        for name, value in raw.items():
-            if name == "__key__":
+        record.update((k, v) for k, v in raw.items() if k != "__key__" and k not in media)
+        members: dict[str, bytes] = {}
+        for name, member in media_members(media).items():
+            seen.setdefault(name, set()).add(member)
+            if member in members:
                 continue
-            if name in media_fields and isinstance(value, str):
-                try:
-                    members[name] = Path(value).read_bytes()
-                except OSError as exc:
-                    raise DataError(
-                        f"cannot read {name} of sample {raw['__key__']!r}: "
-                        f"{exc.strerror or exc} ({value})"
-                    ) from exc
-            else:
-                record[name] = value
+            try:
+                members[member] = Path(media[name]).read_bytes()
+            except OSError as exc:
+                raise DataError(
+                    f"cannot read {name} of sample {raw['__key__']!r}: "
+                    f"{exc.strerror or exc} ({media[name]})"
+                ) from exc
+        for name in record:
+            seen.setdefault(name, set()).add(f"json.{name}")
+        if isinstance(record.get("text"), str):
+            members["txt"] = record["text"].encode("utf-8")
+        if isinstance(record.get("label"), int) and not isinstance(record["label"], bool):
+            members["cls"] = str(record["label"]).encode("ascii")
         members["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
         bar.update(1)
         yield f"{index:09d}", members
@@ -82,7 +139,7 @@ def pack_manifest(
     shard_size: int = 1000,
     progress: bool = True,
     registry: Registry | None = None,
-) -> list[Path]:
+) -> Packed:
     """Write a JSONL manifest's samples into webdataset shards ``output/shard-000000.tar``, ...
 
     Args:
@@ -93,7 +150,7 @@ def pack_manifest(
         registry: where the ``jsonl`` source is found (the default registry when omitted).
 
     Returns:
-        The shard paths, in order.
+        The shard paths and the ``fields`` mapping that reads them back.
 
     Raises:
         DataError: the manifest is missing or empty, a media file cannot be read, or
@@ -105,9 +162,12 @@ def pack_manifest(
     media_fields: tuple[str, ...] = tuple(config.media_fields)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, set[str]] = {}
     with tqdm(total=len(source), desc="pack", unit="sample", disable=not progress) as bar:
-        names = write_shards(output, SHARD_PREFIX, _packed(source, media_fields, bar), shard_size)
-    return [output / name for name in names]
+        samples = _packed(source, media_fields, bar, seen)
+        names = write_shards(output, SHARD_PREFIX, samples, shard_size)
+    fields = {name: ";".join(sorted(members)) for name, members in seen.items() if name != "id"}
+    return Packed([output / name for name in names], fields)
 
 
 def _summary(blobs: Mapping[str, Any], key: str) -> dict[str, Any]:

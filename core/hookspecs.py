@@ -46,3 +46,8 @@ def modaloom_register_presets(registry: Registry) -> None:
 @hookspec
 def modaloom_register_trackers(registry: Registry) -> None:
     """Register experiment trackers (``registry.add_tracker``) that ``train.log_with`` names."""
+
+
+@hookspec
+def modaloom_register_converters(registry: Registry) -> None:
+    """Register ``modaloom data convert`` formats (``registry.add_converter``)."""

@@ -45,6 +45,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "modaloom.plugins.evaluators.zeroshot",
     "modaloom.plugins.evaluators.captioning",
     "modaloom.plugins.evaluators.qa",
+    "modaloom.plugins.recipes.karpathy",
+    "modaloom.plugins.recipes.msrvtt",
+    "modaloom.plugins.recipes.webvid",
+    "modaloom.plugins.recipes.audiocaps",
+    "modaloom.plugins.recipes.vqav2",
+    "modaloom.plugins.recipes.valor32k",
 )
 
 REGISTER_HOOKS: tuple[str, ...] = (
@@ -54,6 +60,7 @@ REGISTER_HOOKS: tuple[str, ...] = (
     "modaloom_register_evaluators",
     "modaloom_register_presets",
     "modaloom_register_trackers",
+    "modaloom_register_converters",
 )
 
 _default: Registry | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from modaloom.core.compose import BuildContext
+    from modaloom.core.convert import ConvertedItem
     from modaloom.core.evaluation import Evaluator
     from modaloom.core.interfaces import (
         DataContext,
@@ -36,6 +37,7 @@ Kind = Literal[
     "evaluator",
     "preset",
     "tracker",
+    "converter",
 ]
 KINDS: tuple[Kind, ...] = (
     "modality",
@@ -47,6 +49,7 @@ KINDS: tuple[Kind, ...] = (
     "evaluator",
     "preset",
     "tracker",
+    "converter",
 )
 
 # A factory takes its own config class (a subclass of the kind's spec base), hence ``Any``.
@@ -64,6 +67,8 @@ EvaluatorFactory = Callable[[Any], "Evaluator"]
 """``(evaluator config) -> Evaluator``."""
 PresetFactory = Callable[[], Mapping[str, Any]]
 """``() -> the preset's raw spec mapping``."""
+ConverterFactory = Callable[[Sequence[Path]], Iterable["ConvertedItem"]]
+"""``(annotation files) -> manifest items`` of a ``data convert`` format (core/convert.py)."""
 TrackerFactory = Callable[[Path, Mapping[str, Any]], "GeneralTracker"]
 """``(logging directory, train.tracker_config[name]) -> an Accelerate GeneralTracker``."""
 
@@ -232,6 +237,14 @@ class Registry:
         """Register an experiment tracker that ``train.log_with`` names (beside Accelerate's)."""
         return self.add("tracker", name, factory, description=description, **extra)
 
+    def add_converter(
+        self, name: str, factory: ConverterFactory, *, description: str = "", **extra: Any
+    ) -> Component:
+        """Register a ``modaloom data convert`` format: ``factory`` reads its annotation files
+        and yields `modaloom.core.convert.ConvertedItem`s (raising `DataError` for a malformed
+        file)."""
+        return self.add("converter", name, factory, description=description, **extra)
+
     def _add_typed(
         self,
         kind: Kind,
@@ -273,6 +286,10 @@ class Registry:
     def tracker_factory(self, name: str) -> TrackerFactory:
         """The factory of tracker ``name``."""
         return cast("TrackerFactory", self._factory("tracker", name))
+
+    def converter_factory(self, name: str) -> ConverterFactory:
+        """The reader of ``data convert`` format ``name``."""
+        return cast("ConverterFactory", self._factory("converter", name))
 
     def _factory(self, kind: Kind, name: str) -> Callable[..., Any]:
         component = self.get(kind, name)

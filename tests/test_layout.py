@@ -1,8 +1,9 @@
 """The dependency rule of DESIGN.md, read from the imports (ast): the house is a star.
 
-modalities/, objectives/, plugins/sources/ and plugins/evaluators/ import `modaloom.core` (and
-third-party libraries) and never each other; core imports none of them (built-ins are loaded by
-name through the registry). Imports inside functions and under ``TYPE_CHECKING`` count too.
+modalities/, objectives/ and plugins/<kind>/ (sources, evaluators, presets, recipes) import
+`modaloom.core` (and third-party libraries) and never each other; core imports none of them
+(built-ins are loaded by name through the registry). Imports inside functions and under
+``TYPE_CHECKING`` count too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ FOLDERS: dict[str, str] = {
     "plugins/sources": "modaloom.plugins.sources",
     "plugins/evaluators": "modaloom.plugins.evaluators",
     "plugins/presets": "modaloom.plugins.presets",
+    "plugins/recipes": "modaloom.plugins.recipes",
 }
 """Each checked folder and the package it is."""
 

@@ -188,7 +188,7 @@ def test_truncated_mp4_and_broken_json_are_skipped_and_counted(where: str, reque
 
 
 def test_skipped_samples_reach_metrics_jsonl(shapes_manifest: Path, tmp_path: Path) -> None:
-    good = pack_manifest(shapes_manifest, tmp_path / "shards", shard_size=48, progress=False)
+    good = pack_manifest(shapes_manifest, tmp_path / "shards", shard_size=48, progress=False).shards
     corrupt = tmp_path / "shards" / "corrupt.tar"
     corrupt.write_bytes(
         tar_bytes(
@@ -204,7 +204,7 @@ def test_skipped_samples_reach_metrics_jsonl(shapes_manifest: Path, tmp_path: Pa
     spec_source = {
         "type": "webdataset",
         "urls": [str(corrupt), *map(str, good)],
-        "fields": {"image": "image", "text": "json.text"},
+        "fields": {"image": "png;image", "text": "json.text"},  # ours, then older shards' name
     }
     registry = load_plugins(entry_points=False)
     overrides = [
@@ -492,7 +492,7 @@ def shards_spec(shards: list[Path], *overrides: str):  # type: ignore[no-untyped
     spec_source = {
         "type": "webdataset",
         "urls": [str(p) for p in shards],
-        "fields": {"image": "image", "text": "json.text"},
+        "fields": {"image": "png", "text": "json.text"},
         "shuffle_buffer": 4,
     }
     base = [f"data.sources.train={json.dumps(spec_source)}", "data.batch_size=4"]
@@ -502,7 +502,9 @@ def shards_spec(shards: list[Path], *overrides: str):  # type: ignore[no-untyped
 def test_runner_resumes_split_shards_exactly_and_only_with_the_same_workers(
     shapes_manifest: Path, tmp_path: Path
 ) -> None:
-    shards = pack_manifest(shapes_manifest, tmp_path / "shards", shard_size=24, progress=False)
+    shards = pack_manifest(
+        shapes_manifest, tmp_path / "shards", shard_size=24, progress=False
+    ).shards
     assert len(shards) == 4
     runs = {"whole": ["train.steps=6"], "resumed": ["train.steps=3"]}
     for name, steps in runs.items():
