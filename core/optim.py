@@ -32,9 +32,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, ob
 
 
 def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups`."""
+    """AdamW over `parameter_groups`, one fused-per-group (``foreach``) update.
+
+    ``foreach=True`` updates all tensors of a group at once instead of one by one (the step of
+    a small model is dominated by per-tensor overhead otherwise); the values are the same.
+    """
     return torch.optim.AdamW(
-        parameter_groups(model, spec.weight_decay), lr=spec.lr, betas=spec.betas, eps=spec.eps
+        parameter_groups(model, spec.weight_decay),
+        lr=spec.lr,
+        betas=spec.betas,
+        eps=spec.eps,
+        foreach=True,
     )
 
 
