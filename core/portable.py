@@ -173,6 +173,15 @@ def provided_by(path: str | Path) -> frozenset[str]:
     return frozenset()
 
 
+def _read_record(directory: Path) -> dict[str, Any]:
+    """A kept component's `RECORD_FILE` (``{}`` when unreadable)."""
+    try:
+        record = json.loads((directory / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def portable_model(model_spec: ModelSpec, artifacts: Path) -> ModelSpec:
     """``model_spec`` with each ``pretrained`` component the run kept pointing at its kept
     configuration (weights come from the run's checkpoint, loaded afterwards).
@@ -184,9 +193,19 @@ def portable_model(model_spec: ModelSpec, artifacts: Path) -> ModelSpec:
     kept = kept_components(artifacts)
     updates = {}
     for name, spec in model_spec.components.items():
-        if name in kept and getattr(spec, "pretrained", None) is not None:
-            updates[name] = spec.model_copy(update={"pretrained": str(kept[name])})
-            log.info("model.components.%s: built from %s (weights follow)", name, kept[name])
+        if name not in kept or getattr(spec, "pretrained", None) is None:
+            continue
+        record = _read_record(kept[name])
+        if record.get("type") != spec.type:  # another component now: not what was kept
+            log.warning(
+                "model.components.%s is a %r, but the run kept a %r: built from its pretrained",
+                name,
+                spec.type,
+                record.get("type"),
+            )
+            continue
+        updates[name] = spec.model_copy(update={"pretrained": str(kept[name])})
+        log.info("model.components.%s: built from %s (weights follow)", name, kept[name])
     if not updates:
         return model_spec
     return model_spec.model_copy(update={"components": {**model_spec.components, **updates}})

@@ -17,6 +17,7 @@ from transformers import BertConfig, BertModel, CLIPImageProcessor, ViTConfig, V
 import modaloom
 from modaloom.core.cli import main
 from modaloom.core.errors import SpecError
+from modaloom.core.portable import portable_model, provided_values
 from modaloom.core.registry import Registry
 from modaloom.core.runner import train
 from modaloom.core.spec import load_spec, resolve_tree
@@ -184,3 +185,22 @@ def test_exports_of_the_moved_run(
     assert processor.image_mean == pytest.approx(list(MEAN))
     card = (tmp_path / "vit" / "README.md").read_text()
     assert f"- `vision`: `{moved['vit']}`" in card and f"- `text`: `{moved['bert']}`" in card
+
+
+def test_a_component_of_another_type_is_not_built_from_the_kept_config(
+    moved: dict[str, Any], registry: Registry, caplog: Any
+) -> None:
+    tree = yaml.safe_load((moved["run"] / "spec.yaml").read_text())
+    tree["model"]["components"]["vision"] = {"type": "clip_vision", "pretrained": moved["vit"]}
+    artifacts = moved["run"] / "artifacts"
+    spec = load_spec(tree, registry=registry, provided=provided_values(artifacts))
+    with caplog.at_level(logging.WARNING):
+        model = portable_model(spec.model, artifacts)
+    assert getattr(model.components["vision"], "pretrained", None) == moved["vit"]
+    assert getattr(model.components["text"], "pretrained", None) == str(
+        artifacts / "components" / "text"
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        "model.components.vision is a 'clip_vision', but the run kept a 'vit': built from its "
+        "pretrained"
+    ]
