@@ -26,9 +26,9 @@ from modaloom.core.data import batch_from_values, build_processors, build_source
 from modaloom.core.errors import CheckpointError
 from modaloom.core.generation import TextGenerator
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
+from modaloom.core.portable import portable_model, provided_values
 from modaloom.core.preprocess import Preprocess
 from modaloom.core.registry import Registry
-from modaloom.core.portable import portable_model, provided_values
 from modaloom.core.run_dir import CHECKPOINTS_DIR, SPEC_FILE
 from modaloom.core.runner import ARTIFACTS_DIR
 from modaloom.core.spec import load_spec
@@ -100,9 +100,9 @@ def load_run(
 
         registry = default_registry()
     run_dir, step_dir = resolve_checkpoint(checkpoint)
+    artifacts = run_dir / ARTIFACTS_DIR
     if spec is None:
         spec_path = run_dir / SPEC_FILE
-    artifacts = run_dir / ARTIFACTS_DIR
         if not spec_path.is_file():
             raise CheckpointError(f"{run_dir} has no {SPEC_FILE}; pass the spec explicitly")
         try:

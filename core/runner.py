@@ -284,14 +284,14 @@ def setup_session(
     sources = build_sources(spec.data.sources, registry)
     eval_sources = build_sources(spec.data.eval_sources, registry) if train.eval_every else {}
     artifacts = output_dir / ARTIFACTS_DIR
+    # a resumed run rebuilds its pretrained components from what it kept, never the checkpoints
+    model_spec = spec.model if save_artifacts else portable.portable_model(spec.model, artifacts)
     with accelerator.main_process_first():
         saved = init.artifacts if init is not None and init.artifacts is not None else artifacts
         processors = build_processors(spec.data, registry, sources, saved, model_spec)
         if accelerator.is_main_process and save_artifacts:
             artifacts.mkdir(parents=True, exist_ok=True)
             for processor in processors.values():
-    # a resumed run rebuilds its pretrained components from what it kept, never the checkpoints
-    model_spec = spec.model if save_artifacts else portable.portable_model(spec.model, artifacts)
                 processor.save(artifacts)
     set_seed(train.seed)  # model init does not depend on how the tokenizer was obtained
     model = build_model(model_spec, registry, processors)

@@ -147,11 +147,11 @@ class VideoProcessor(Processor):
         empty = zeros_like_first(items)
         present = torch.tensor([item is not None for item in items], dtype=torch.bool)
         pixels = torch.stack([(empty if item is None else item)["pixel_values"] for item in items])
+        return {"pixel_values": pixels, "present": present}
+
     def export(self, directory: Path) -> list[str]:
         """The frame transform as a `CLIPImageProcessor` (applied to each frame)."""
         return export_pixels(pixels(self.config), directory)
-
-        return {"pixel_values": pixels, "present": present}
 
 
 def make_video_processor(config: VideoSpec, ctx: DataContext) -> VideoProcessor:
