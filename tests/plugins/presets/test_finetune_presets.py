@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from modaloom.core.build_check import check_build
+from modaloom.core.convert import convert_dataset
 from modaloom.core.evaluation import run_evaluators
 from modaloom.core.inference import load_run
 from modaloom.core.init_from import INIT_REPORT_FILE, check_init_from
@@ -115,30 +116,79 @@ def media_lines(folder: Path, field: str, count: int, captions: int, seed: int) 
     return lines
 
 
-def vqa_lines(folder: Path, count: int) -> list[dict]:
-    """Images with `data convert vqav2`'s fields: qa (10 human answers) and text (pairs)."""
-    lines = media_lines(folder, "image", count, 1, seed=7)
-    for line in lines:
-        question = f"what colour is the {line['text'][0].split()[0]}?"
-        answers = ["red"] * 6 + ["blue"] * 4
-        line["qa"] = [{"question_id": 1, "question": question, "answer": answers}]
-        line["text"] = [{"question": question, "answer": answer} for answer in answers]
-    return lines
+def write_image(path: Path, rng: random.Random) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 40, 3), rng.randrange(256), np.uint8)).save(path)
+
+
+def convert_coco(root: Path, data: Path, rng: random.Random) -> None:
+    """``data/coco`` by `data convert coco-karpathy` of a fabricated dataset_coco.json."""
+    images = []
+    for cocoid, split in enumerate(["train"] * 6 + ["restval"] * 2 + ["test"] * 6, start=1):
+        name = f"COCO_val2014_{cocoid:012d}.jpg"
+        write_image(root / "coco-media" / "val2014" / name, rng)
+        sentences = [{"raw": caption(rng), "tokens": []} for _ in range(2 + (split == "test"))]
+        images.append(
+            {
+                "filepath": "val2014",
+                "filename": name,
+                "split": split,
+                "sentences": sentences,
+                "cocoid": cocoid,
+                "sentids": [],
+            }
+        )
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    convert_dataset(
+        "coco-karpathy", [root / "dataset_coco.json"], data / "coco", root / "coco-media"
+    )
+
+
+def convert_vqa(root: Path, data: Path, rng: random.Random) -> None:
+    """``data/vqa`` (and its answer_list.json) by `data convert vqav2` of fabricated files."""
+    sources = []
+    for subtype, count in (("train2014", 8), ("val2014", 4)):
+        questions, annotations = [], []
+        for image_id in range(1, count + 1):
+            write_image(root / "vqa-media" / subtype / f"COCO_{subtype}_{image_id:012d}.jpg", rng)
+            question = {
+                "image_id": image_id,
+                "question_id": image_id * 10,
+                "question": f"what colour is the {rng.choice(WORDS)}?",
+            }
+            answers = [
+                {"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                for i, a in enumerate(["red"] * 6 + ["blue"] * 4)
+            ]
+            questions.append(question)
+            annotations.append(
+                {
+                    **question,
+                    "answers": answers,
+                    "multiple_choice_answer": "red",
+                    "answer_type": "other",
+                    "question_type": "what color",
+                }
+            )
+        for name, value in (("questions", questions), ("annotations", annotations)):
+            sources.append(root / f"{subtype}_{name}.json")
+            sources[-1].write_text(json.dumps({"data_subtype": subtype, name: value}))
+    convert_dataset("vqav2", sources, data / "vqa", root / "vqa-media")
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fabricated manifests at the presets' own relative paths (``data/coco/train.jsonl``...)."""
+    """Manifests at the presets' own paths (``data/coco/train.jsonl``...): COCO and VQA v2 by
+    `data convert` from fabricated annotation files, the others fabricated in its layout."""
     root = tmp_path_factory.mktemp("finetune")
     data = root / "data"
-    kinds = {"coco": "image", "flickr30k": "image", "msrvtt": "video", "audiocaps": "audio"}
+    convert_coco(root, data, random.Random(0))
+    convert_vqa(root, data, random.Random(1))
+    kinds = {"flickr30k": "image", "msrvtt": "video", "audiocaps": "audio"}
     for seed, (name, field) in enumerate(kinds.items()):
         write_manifest(data / name / "train.jsonl", media_lines(data / name, field, 8, 2, seed))
         write_manifest(data / name / "test.jsonl", media_lines(data / name, field, 6, 3, seed + 9))
     (data / "msrvtt-cap").symlink_to("msrvtt", target_is_directory=True)  # another split there
-    write_manifest(data / "vqa" / "train.jsonl", vqa_lines(data / "vqa", 8))
-    write_manifest(data / "vqa" / "val.jsonl", vqa_lines(data / "vqa", 4))
-    (data / "vqa" / "answer_list.json").write_text(json.dumps(["red", "blue", "two", "yes"]))
     return root
 
 
