@@ -133,3 +133,13 @@ def test_a_kept_config_rebuilds_the_same_architecture(component: Component, tmp_
         inputs = synthetic_inputs(component, fields_of(component)[0])
         same = [m(inputs).sequence for m in (module, rebuilt)]
     assert torch.equal(same[1], same[0])
+
+
+def test_a_timesformer_with_a_tubelet_refuses(tmp_path: Path) -> None:
+    timesformer = next(c for c in ENCODERS if c.name == "timesformer")
+    module = build(REGISTRY, "encoder", tiny_fields(timesformer, tubelet=2))
+    with pytest.raises(ExportError) as error:
+        module.export_pretrained(tmp_path)
+    assert str(error.value) == (
+        "its 3-D tubelet embedding (2 frames per patch) has no place in a TimesformerModel"
+    )
