@@ -34,6 +34,7 @@ from modaloom.modalities.video_decode import (
     probe_duration,
     sample_timestamps,
 )
+from modaloom.modalities.video_seek import SeekSampler, timeline
 
 
 def make_clip(seconds: float, fps: int, width: int, height: int, gop: int) -> bytes:
@@ -99,6 +100,18 @@ def rate(work: Callable[[int], object], count: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def decoded_per_clip(clip: bytes, times: Callable[[int], list[float]], count: int) -> float:
+    """Mean frames the seek sampler decodes for ``count`` clips' target times."""
+    total = 0
+    for index in range(count):
+        with av.open(io.BytesIO(clip)) as container:
+            stream = container.streams.video[0]
+            sampler = SeekSampler(container, stream, timeline(container, stream), "bench", 4096)
+            sampler.sample(times(index))
+            total += sampler.decoded
+    return total / count
+
+
 def bench_video(args: argparse.Namespace, gop: int) -> None:
     clip = make_clip(args.seconds, args.fps, args.width, args.height, gop)
     duration = probe_duration(clip)
@@ -121,9 +134,11 @@ def bench_video(args: argparse.Namespace, gop: int) -> None:
 
         seek_rate = rate(seek, args.clips, args.repeats)
         full_rate = rate(full, args.clips, args.repeats)
+        decoded = decoded_per_clip(clip, times, args.clips)
         print(
             f"  {mode:5s} {args.frames} frames: seek {seek_rate:7.1f} clips/s | decode-all "
-            f"{full_rate:7.1f} clips/s | speed-up {seek_rate / full_rate:.2f}x"
+            f"{full_rate:7.1f} clips/s | speed-up {seek_rate / full_rate:.2f}x | "
+            f"{decoded:.1f} frames decoded per clip"
         )
 
 

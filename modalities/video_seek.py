@@ -7,6 +7,11 @@ the target and decodes forward until the frame after the target appears. The fra
 for ``t`` is the frame on screen at ``t``: the last one whose presentation time is ``<= t``.
 Keyframe positions come from the container's index (mp4, mkv/webm cues, avi); without an
 index, from the keyframes met while decoding plus a short fixed window (`UNKNOWN_GOP_WINDOW`).
+An mp4 index holds decode times, which precede display times by the reorder delay of B-frames
+(a keyframe's ``pts - dts``, read from the packets): the planner shifts indexed keyframes by
+it, so a target just before a keyframe's display time decodes forward instead of seeking
+(FFmpeg seeks by display time, so that seek would land on the previous keyframe and decode its
+GOP again).
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ class SeekSampler:
         self._key, self._max_packets = key, max_packets
         self._keys: list[float] = []  # known keyframe times, ascending
         self._indexed = False  # whether _keys comes from a complete container index
+        self._delay = 0.0  # seconds a keyframe is displayed after its decode time (B-frames)
         self._cur: Decoded | None = None  # answer to the last target
         self._ahead: Decoded | None = None  # first frame after it; None at end of stream
         self._packets: Iterator[av.Packet] = iter(())
@@ -181,17 +187,21 @@ class SeekSampler:
     def _forward_is_cheaper(self, t: float) -> bool:
         """Whether no keyframe lies between the current position and ``t``."""
         assert self._ahead is not None
-        here = self._ahead.time
-        after = bisect.bisect_right(self._keys, here)
-        if after < len(self._keys) and self._keys[after] <= t:
+        here, shift = self._ahead.time, self._shift()
+        after = bisect.bisect_right(self._keys, here - shift)
+        if after < len(self._keys) and self._keys[after] + shift <= t:
             return False  # a seek lands on that keyframe, past the current position
         if self._indexed:
             return True
         return t - here < UNKNOWN_GOP_WINDOW
 
+    def _shift(self) -> float:
+        """Seconds from an indexed keyframe's time to its display time (0 without an index)."""
+        return self._delay if self._indexed else 0.0
+
     def _seek(self, t: float) -> None:
         for back in _SEEK_BACKOFFS:
-            target = max(t - back, 0.0)
+            target = max(t - back, 0.0)  # FFmpeg seeks by display time (mov: its index + ctts)
             try:
                 self._container.seek(
                     self._line.pts(target), stream=self._stream, backward=True, any_frame=False
@@ -226,14 +236,21 @@ class SeekSampler:
                 raise MediaDecodeError(
                     self._key, f"no frame found within {self._max_packets} packets"
                 )
-            if packet.is_keyframe and packet.pts is not None and not self._indexed:
-                bisect.insort(self._keys, self._line.seconds(packet.pts))
+            if packet.is_keyframe and packet.pts is not None:
+                self._note_keyframe(packet.pts, packet.dts)
             self._queue.extend(self._stream.codec_context.decode(packet))
         frame = self._queue.popleft()
         if frame.pts is None:
             raise NoTimestamps
         self.decoded += 1
         return Decoded(self._line.seconds(frame.pts), frame)
+
+    def _note_keyframe(self, pts: int, dts: int | None) -> None:
+        """Learn the reorder delay from a keyframe packet, and its time when not indexed."""
+        if dts is not None:
+            self._delay = max(0.0, self._line.seconds(pts) - self._line.seconds(dts))
+        if not self._indexed:
+            bisect.insort(self._keys, self._line.seconds(pts))
 
     def _advance(self, t: float) -> Decoded:
         best, frame = self._cur, self._ahead

@@ -73,7 +73,7 @@ def test_seek_sampling_matches_decode_all_and_subsample(clip, request, frame_ind
 
 
 @pytest.mark.parametrize(
-    ("times", "indices", "seeks"), [([2.5, 2.7], [62, 67], 1), ([2.5, 2.9], [62, 72], 2)]
+    ("times", "indices", "seeks"), [([2.5, 2.7], [62, 67], 2), ([2.5, 2.9], [62, 72], 2)]
 )
 def test_seeking_decodes_a_fraction_of_the_clip(times, indices, seeks, mp4_h264_aac):
     with av.open(str(mp4_h264_aac)) as container:
@@ -81,9 +81,31 @@ def test_seeking_decodes_a_fraction_of_the_clip(times, indices, seeks, mp4_h264_
         sampler = SeekSampler(container, stream, timeline(container, stream), "k", 100)
         frames = sampler.sample(times)
     assert [round(f.time * FPS) for f in frames] == indices
-    # keyframes every 10 frames (60, 70): one seek per GOP touched, ~15 frames decoded of 75
+    # keyframes every 10 frames and at scene cuts (60, 64, 70, ...): one seek per GOP touched
     assert sampler.seeks == seeks
     assert sampler.decoded < 20
+
+
+def test_target_between_a_keyframes_decode_and_display_times_decodes_forward(
+    tmp_path, pattern, frame_index
+):
+    """The mp4 index holds decode times, 2 frames (B-frame reorder delay) before display times:
+    a target in that gap must not seek to the keyframe (which shows after it) and back."""
+    path = tmp_path / "bframes.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "12", "keyint_min": "12", "sc_threshold": "0", "threads": "1"}
+        for index in range(48):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pattern(index), format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        sampler = SeekSampler(container, stream, timeline(container, stream), "k", 100)
+        frames = sampler.sample([20.2 / FPS, 23.2 / FPS])  # keyframe 24 decodes before frame 23
+    assert [frame_index(f.rgb()) for f in frames] == [20, 23]
+    assert sampler.seeks == 1
+    assert sampler.decoded <= 15
 
 
 def test_consecutive_targets_in_one_gop_reuse_the_decoder(make_video, tmp_path, frame_index):
