@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,8 +95,15 @@ class _Shared:
     used: set[str] = field(default_factory=set)
 
 
-_SHARED: _Shared | None = None
-"""At most one container is kept open between two readers, in the process that opened it."""
+_LOCAL = threading.local()
+"""``shared``: the `_Shared` container kept between two readers by this thread, if any (at most
+one per thread, used only in the process that opened it)."""
+
+
+def _kept() -> _Shared | None:
+    """The container this thread keeps open for the other reader of a sample, if any."""
+    shared: _Shared | None = getattr(_LOCAL, "shared", None)
+    return shared
 
 
 def _identity(source: MediaSource, key: str) -> tuple[str, object] | None:
@@ -113,8 +121,7 @@ def _identity(source: MediaSource, key: str) -> tuple[str, object] | None:
 
 def _release_shared() -> None:
     """Close the kept container (one inherited through ``fork`` is only forgotten)."""
-    global _SHARED
-    shared, _SHARED = _SHARED, None
+    shared, _LOCAL.shared = _kept(), None
     if shared is not None and shared.pid == os.getpid():
         shared.container.close()
 
@@ -134,7 +141,7 @@ def _reuse(identity: tuple[str, object] | None, kind: str | None) -> _Shared | N
 
     Any other container kept is closed: the sample it belongs to is done.
     """
-    shared = _SHARED
+    shared = _kept()
     if kind is None or identity is None:
         return None
     mine = shared is not None and shared.pid == os.getpid() and shared.identity == identity
@@ -157,8 +164,9 @@ def open_media(
 
     With ``share`` (one of `SHARED_KINDS`), the container stays open after the block for the
     other kind's reader of the same ``key`` and ``source`` (bytes or a path), which gets it
-    back rewound to the start; it is closed once both have read it, on an error, or when any
-    other shared media is opened (a sample with video only keeps it until the next sample).
+    back rewound to the start; it is closed once both have read it, on an error, or when the
+    same thread opens other shared media (a sample with video only keeps it until the next
+    sample). Each thread keeps its own.
 
     Args:
         source: encoded media (bytes, path or binary file object).
@@ -168,13 +176,12 @@ def open_media(
     Raises:
         MediaDecodeError: the media cannot be opened or read, or ``source`` is of another type.
     """
-    global _SHARED
     identity = _identity(source, key)
     shared = _reuse(identity, share)
     if shared is None:
         container = _open(source, key)
         if share is not None and identity is not None:
-            shared = _SHARED = _Shared(os.getpid(), identity, container)
+            shared = _LOCAL.shared = _Shared(os.getpid(), identity, container)
     else:
         container = shared.container
     done = True
@@ -186,7 +193,7 @@ def open_media(
     finally:
         if shared is not None and share is not None:
             shared.used.add(share)
-        if done and shared is not None and _SHARED is shared:
-            _SHARED = None
+        if done and shared is not None and _kept() is shared:
+            _LOCAL.shared = None
         if done:
             container.close()

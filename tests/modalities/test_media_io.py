@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def test_video_and_audio_of_one_sample_open_the_file_once(
         video = decode_video(source, 6, rng=random.Random(3), key="s1")
         audio = decode_audio(source, key="s1")
     assert len(opens) == 1
-    assert media_io._SHARED is None  # closed once both have read it
+    assert media_io._kept() is None  # closed once both have read it
     assert torch.equal(video, want_video)
     assert torch.equal(audio, want_audio)
 
@@ -63,13 +64,14 @@ def test_video_and_audio_of_one_sample_open_the_file_once(
 def test_another_sample_opens_its_own_and_closes_the_kept_one(mp4_h264_aac, opens):
     data = mp4_h264_aac.read_bytes()
     decode_video(data, 4, key="a")
-    kept = media_io._SHARED
+    kept = media_io._kept()
     assert kept is not None and kept.used == {"video"}
     decode_video(data, 4, key="b")  # same bytes, another sample
     assert len(opens) == 2
     with pytest.raises(AssertionError, match="Container is not open"):
         kept.container.seek(0)
-    assert media_io._SHARED is not None and media_io._SHARED.identity[0] == "b"
+    now = media_io._kept()
+    assert now is not None and now.identity[0] == "b"
 
 
 def test_the_same_reader_twice_gets_a_fresh_container(mp4_h264_aac, opens):
@@ -84,11 +86,22 @@ def test_an_error_inside_closes_the_shared_container(mp4_h264_aac, opens):
         raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
     reason = "Invalid data found when processing input"
     assert info.value.cause == f"corrupt or truncated stream ({reason})"
-    assert media_io._SHARED is None
+    assert media_io._kept() is None
 
 
 def test_file_objects_are_never_shared(mp4_h264_aac, opens):
     with mp4_h264_aac.open("rb") as handle, open_media(handle, "k", share="video"):
         pass
-    assert media_io._SHARED is None
+    assert media_io._kept() is None
     assert len(opens) == 1
+
+
+def test_each_thread_keeps_its_own_container(mp4_h264_aac, opens):
+    decode_video(mp4_h264_aac, 4, key="main")
+    kept = media_io._kept()
+    other = threading.Thread(target=decode_video, args=(mp4_h264_aac, 4), kwargs={"key": "t"})
+    other.start()
+    other.join()
+    assert media_io._kept() is kept  # the other thread neither reused nor closed it
+    assert torch.equal(decode_audio(mp4_h264_aac, key="main"), separately(mp4_h264_aac)[1])
+    assert len(opens) == 4  # main, thread, and the two of `separately`
