@@ -36,6 +36,11 @@ from modaloom.modalities.video_decode import (
 )
 from modaloom.modalities.video_seek import SeekSampler, timeline
 
+try:
+    from decode_peers import Decode, available_peers, compare_video  # python benchmarks/decode.py
+except ImportError:  # python -m modaloom.benchmarks.decode
+    from modaloom.benchmarks.decode_peers import Decode, available_peers, compare_video
+
 
 def make_clip(seconds: float, fps: int, width: int, height: int, gop: int) -> bytes:
     """An mp4 (H.264, x264 defaults: 3 B-frames) of a panning, textured scene with a moving
@@ -112,13 +117,16 @@ def decoded_per_clip(clip: bytes, times: Callable[[int], list[float]], count: in
     return total / count
 
 
-def bench_video(args: argparse.Namespace, gop: int) -> None:
+def bench_video(
+    args: argparse.Namespace, gop: int, peers: dict[str, Decode] | None = None
+) -> list[float]:
     clip = make_clip(args.seconds, args.fps, args.width, args.height, gop)
     duration = probe_duration(clip)
     print(
         f"clip: {args.seconds:g} s, {args.width}x{args.height}, {args.fps} fps, h264, "
         f"keyframe every {gop} frames ({gop / args.fps:g} s), {len(clip) / 1e3:.0f} kB"
     )
+    ratios: list[float] = []
     for mode in ("eval", "train"):
 
         def times(index: int, mode: str = mode) -> list[float]:
@@ -140,6 +148,11 @@ def bench_video(args: argparse.Namespace, gop: int) -> None:
             f"{full_rate:7.1f} clips/s | speed-up {seek_rate / full_rate:.2f}x | "
             f"{decoded:.1f} frames decoded per clip"
         )
+        if peers:
+            label = f"{mode} gop {gop}"
+            ratio = compare_video(clip, args.fps, times, peers, label, args.clips, args.repeats)
+            ratios.extend([] if ratio is None else [ratio])
+    return ratios
 
 
 def bench_audio(args: argparse.Namespace) -> None:
@@ -174,12 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
     parser.add_argument("--clips", type=int, default=5, help="decodes per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="measurements (median reported)")
+    parser.add_argument(
+        "--peers", action="store_true", help="also decord2 and torchcodec (pip install .[bench])"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker; FFmpeg decoders also get 1 thread
     print(f"PyAV {av.__version__}, torch {torch.__version__}, single-threaded")
-    for gop in args.gops:
-        bench_video(args, gop)
+    peers = available_peers(make_clip(1.0, args.fps, 64, 48, 12)) if args.peers else None
+    ratios = [ratio for gop in args.gops for ratio in bench_video(args, gop, peers)]
     bench_audio(args)
+    if args.peers:
+        video = f"{min(ratios):.2f}" if ratios else "n/a"
+        print(f"modaloom/best-peer: video {video} audio n/a")
 
 
 if __name__ == "__main__":

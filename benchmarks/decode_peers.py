@@ -1,0 +1,112 @@
+"""`benchmarks/decode.py --peers`: modaloom's video decoding against decord2 and torchcodec.
+
+Each peer decodes the same clip at the same frame indices (the frames on screen at the
+targets `decode_video` samples, a constant frame rate starting at 0), single-threaded, to
+(T, 3, H, W) uint8 RGB at full resolution; each row's first clip is asserted to decode to the
+same pixels as modaloom's before any timing. Contenders run interleaved (each repeat times every contender in turn) and the
+median clips per second is reported with modaloom / peer. A peer that is not installed, or
+whose libraries cannot load (torchcodec needs FFmpeg's shared libraries on the system), is
+skipped with a printed line. Audio peers: none is compared yet (no peer decodes AAC to the same
+samples as FFmpeg's resampler), so the audio ratio is ``n/a``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from modaloom.modalities.video_decode import decode_frames_at
+
+Decode = Callable[[bytes, list[int]], torch.Tensor]
+
+
+def _decord() -> Decode:
+    import decord  # decord2's module (optional, the [bench] extra)
+
+    def decode(clip: bytes, indices: list[int]) -> torch.Tensor:
+        reader = decord.VideoReader(io.BytesIO(clip), num_threads=1)
+        return torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
+
+    return decode
+
+
+def _torchcodec() -> Decode:
+    from torchcodec.decoders import VideoDecoder  # optional, the [bench] extra
+
+    def decode(clip: bytes, indices: list[int]) -> torch.Tensor:
+        decoder = VideoDecoder(clip, seek_mode="exact", num_ffmpeg_threads=1)
+        return decoder.get_frames_at(indices).data
+
+    return decode
+
+
+PEERS: dict[str, Callable[[], Decode]] = {"decord2": _decord, "torchcodec": _torchcodec}
+
+
+def available_peers(probe: bytes) -> dict[str, Decode]:
+    """The peers that load and decode ``probe`` here; prints a line for each skipped one."""
+    found = {}
+    for name, load in PEERS.items():
+        try:
+            decode = load()
+            decode(probe, [0])  # torchcodec loads FFmpeg's libraries only now
+            found[name] = decode
+        except (ImportError, OSError, RuntimeError) as exc:
+            print(f"peers: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    return found
+
+
+def interleaved(
+    works: dict[str, Callable[[int], object]], count: int, repeats: int
+) -> dict[str, float]:
+    """Median items per second of each work over ``count`` items, contenders interleaved."""
+    for work in works.values():
+        work(0)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            for index in range(count):
+                work(index)
+            rates[name].append(count / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def compare_video(
+    clip: bytes,
+    fps: int,
+    times: Callable[[int], list[float]],
+    peers: dict[str, Decode],
+    label: str,
+    count: int,
+    repeats: int,
+) -> float | None:
+    """Print one row (modaloom and each peer, clips/s) and return modaloom / best peer."""
+    if not peers:
+        return None
+
+    def indices(index: int) -> list[int]:
+        return [math.floor(t * fps + 1e-6) for t in times(index)]
+
+    ours = decode_frames_at(clip, [i / fps for i in indices(0)])
+    for name, peer in peers.items():
+        got = peer(clip, indices(0))
+        assert torch.equal(got, ours), f"{name} decodes other pixels than modaloom"
+    works: dict[str, Callable[[int], object]] = {
+        "modaloom": lambda i: decode_frames_at(clip, [j / fps for j in indices(i)])
+    }
+    for name, peer in peers.items():
+        works[name] = lambda i, peer=peer: peer(clip, indices(i))  # type: ignore[misc]
+    rates = interleaved(works, count, repeats)
+    best = max(rate for name, rate in rates.items() if name != "modaloom")
+    shown = " | ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
+    print(
+        f"  peers {label}: {shown} clips/s (same frames asserted) | modaloom/best "
+        f"{rates['modaloom'] / best:.2f}x"
+    )
+    return rates["modaloom"] / best
