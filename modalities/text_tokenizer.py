@@ -1,4 +1,5 @@
-"""Tokenizers of the text modality: a deterministic WordPiece trained from the captions, a
+"""Tokenizers of the text modality: a deterministic WordPiece trained from the captions
+(`modaloom.modalities.wordpiece`), a
 tokenizer directory (never running code it names), or the tokenizer of a pretrained text
 component's checkpoint."""
 
@@ -22,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from modaloom.core.errors import RemoteCodeError, SpecError
 from modaloom.core.interfaces import PretrainedInput
 from modaloom.modalities.hf_checkpoint import TOKENIZER_FILES, has_tokenizer
+from modaloom.modalities.wordpiece import learn_pieces
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -36,24 +38,17 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[ENC]", "[DEC]"
 
 
 def wordpiece_vocabulary(texts: Any, vocab_size: int, lowercase: bool = True) -> dict[str, int]:
-    """A deterministic WordPiece vocabulary: special tokens, every character (alone and as a
-    ``##`` continuation), then the most frequent words (ties broken alphabetically).
-
-    The `tokenizers` WordPiece trainer breaks ties between merges in hash-map order, which
-    differs between processes, so two runs with the same seed would get different token ids;
-    this vocabulary depends only on the captions. Words that do not fit are split into
-    characters.
-    """
+    """A deterministic WordPiece vocabulary: the special tokens, then `learn_pieces` over the
+    captions' words (every character alone and as a ``##`` continuation, then subword pieces
+    merged by frequency, ties broken by their text), ``vocab_size`` tokens at most unless the
+    characters alone need more."""
     normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     splitter = pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
-    chars = sorted({char for word in counts for char in word})
-    base = [*SPECIAL_TOKENS, *chars, *(f"##{char}" for char in chars)]
-    ranked = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
-    tokens = [*base, *ranked[: max(0, vocab_size - len(base))]]
-    return {token: index for index, token in enumerate(tokens)}
+    pieces = learn_pieces(counts, vocab_size - len(SPECIAL_TOKENS))
+    return {token: index for index, token in enumerate([*SPECIAL_TOKENS, *pieces])}
 
 
 def train_wordpiece(texts: Any, vocab_size: int, lowercase: bool = True) -> PreTrainedTokenizerFast:
