@@ -1,13 +1,13 @@
 """`benchmarks/decode.py --peers`: modaloom's video decoding against decord2 and torchcodec.
 
-Each peer decodes the same clip at the same frame indices (the frames on screen at the
-targets `decode_video` samples, a constant frame rate starting at 0), single-threaded, to
-(T, 3, H, W) uint8 RGB at full resolution; each row's first clip is asserted to decode to the
-same pixels as modaloom's before any timing. Contenders run interleaved (each repeat times every contender in turn) and the
-median clips per second is reported with modaloom / peer. A peer that is not installed, or
-whose libraries cannot load (torchcodec needs FFmpeg's shared libraries on the system), is
-skipped with a printed line. Audio peers: none is compared yet (no peer decodes AAC to the same
-samples as FFmpeg's resampler), so the audio ratio is ``n/a``.
+Each peer decodes the same clip at the same frame indices (the frames on screen at the targets
+`decode_video` samples, a constant frame rate starting at 0), single-threaded, to (T, 3, H, W)
+uint8 RGB at full resolution; each row's first clip is asserted to decode to the same pixels as
+modaloom's before any timing. Contenders run interleaved (each repeat times every contender in
+turn) and the median clips per second is reported with modaloom / peer. A peer that is not
+installed, or whose libraries cannot load (torchcodec needs FFmpeg's shared libraries on the
+system), is skipped with a printed line. Audio peers: none is compared yet (no peer decodes AAC
+to the same samples as FFmpeg's resampler), so the audio ratio is ``n/a``.
 """
 
 from __future__ import annotations

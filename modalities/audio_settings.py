@@ -9,16 +9,12 @@ with 128 bins is kept (the position embeddings are then interpolated by the enco
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import DataContext
-from modaloom.modalities.hf_checkpoint import preprocessor_config
+from modaloom.modalities.hf_checkpoint import preprocessor_config, take_from_checkpoint
 
 __all__ = ["AST_FEATURE_KEYS", "checkpoint_audio_settings", "resolve_audio_settings"]
-
-log = logging.getLogger(__name__)
 
 AST_FEATURE_KEYS = {
     "mel_bins": "num_mel_bins",
@@ -65,13 +61,4 @@ def resolve_audio_settings(config: Any, ctx: DataContext, field: str) -> Any:
     unset = [name for name in AST_FEATURE_KEYS if name not in config.model_fields_set]
     if pretrained is None or not unset:
         return config
-    try:
-        settings = checkpoint_audio_settings(pretrained.checkpoint)
-    except (ValueError, TypeError) as exc:
-        problem = f"preprocessor_config.json of {pretrained.where} {pretrained.checkpoint!r}: {exc}"
-        raise SpecError([(f"data.{field}", problem)]) from None
-    taken = {name: settings[name] for name in unset if name in settings}
-    if not taken:
-        return config
-    log.info("data.%s: %s from %s", field, taken, pretrained.checkpoint)
-    return config.model_copy(update=taken)
+    return take_from_checkpoint(config, unset, pretrained, field, checkpoint_audio_settings)

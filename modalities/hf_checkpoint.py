@@ -17,12 +17,13 @@ Used by `modaloom.modalities.hf` and the wrappers around it:
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from huggingface_hub import try_to_load_from_cache
 from pydantic import ValidationInfo
@@ -32,6 +33,10 @@ from transformers.utils import logging as hf_logging
 
 from modaloom.core.errors import SpecError
 
+if TYPE_CHECKING:
+    from modaloom.core.interfaces import PretrainedInput
+    from modaloom.core.spec_models import Spec
+
 __all__ = [
     "LoadReport",
     "checkpoint_location_problem",
@@ -40,9 +45,13 @@ __all__ = [
     "preprocessor_config",
     "quiet_transformers",
     "refuse_partial_load",
+    "take_from_checkpoint",
 ]
 
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+SpecT = TypeVar("SpecT", bound="Spec")
+
+log = logging.getLogger(__name__)
 
 SHOWN_KEYS = 3
 """Keys named per kind of problem in a refusal (the first, sorted)."""
@@ -281,3 +290,28 @@ def preprocessor_config(checkpoint: str) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise ValueError(f"{found} does not hold a JSON object")
     return settings
+
+
+def take_from_checkpoint(
+    config: SpecT,
+    unset: Sequence[str],
+    pretrained: PretrainedInput,
+    field: str,
+    read: Callable[[str], dict[str, Any]],
+) -> SpecT:
+    """``config`` (``data.<field>``) with its ``unset`` fields taken from what ``read`` finds in
+    the pretrained component's checkpoint (pixel or spectrogram settings), logged at INFO.
+
+    Raises:
+        SpecError: at ``data.<field>``: ``read`` finds an unusable preprocessor config.
+    """
+    try:
+        settings = read(pretrained.checkpoint)
+    except (ValueError, TypeError) as exc:
+        problem = f"preprocessor_config.json of {pretrained.where} {pretrained.checkpoint!r}: {exc}"
+        raise SpecError([(f"data.{field}", problem)]) from None
+    taken = {name: settings[name] for name in unset if name in settings}
+    if not taken:
+        return config
+    log.info("data.%s: %s from %s", field, taken, pretrained.checkpoint)
+    return config.model_copy(update=taken)

@@ -11,14 +11,12 @@ could be unset, so a spec without ``pretrained`` processes pixels exactly as bef
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import DataContext
 from modaloom.core.spec_models import Spec
-from modaloom.modalities.hf_checkpoint import preprocessor_config
+from modaloom.modalities.hf_checkpoint import preprocessor_config, take_from_checkpoint
 from modaloom.modalities.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -30,8 +28,6 @@ __all__ = [
     "pixels",
     "resolve_pixels",
 ]
-
-log = logging.getLogger(__name__)
 
 SpecT = TypeVar("SpecT", bound=Spec)
 
@@ -114,15 +110,7 @@ def resolve_pixels(config: SpecT, ctx: DataContext, field: str) -> SpecT:
     unset = [name for name in DEFAULT_PIXELS if getattr(config, name) is None]
     if pretrained is None or not unset:
         return default_pixels(config)
-    try:
-        settings = checkpoint_pixels(pretrained.checkpoint)
-    except (ValueError, TypeError) as exc:
-        problem = f"preprocessor_config.json of {pretrained.where} {pretrained.checkpoint!r}: {exc}"
-        raise SpecError([(f"data.{field}", problem)]) from None
-    taken = {name: settings[name] for name in unset if name in settings}
-    if taken:
-        log.info("data.%s: %s from %s", field, taken, pretrained.checkpoint)
-    return default_pixels(config.model_copy(update=taken))
+    return default_pixels(take_from_checkpoint(config, unset, pretrained, field, checkpoint_pixels))
 
 
 def export_pixels(settings: Pixels, directory: Path) -> list[str]:
