@@ -58,7 +58,8 @@ def test_answer_list_must_be_a_json_list_of_strings(tmp_path: Path) -> None:
 
 
 def qa_processor(texts: list[str], max_length: int = 12) -> TextProcessor:
-    return TextProcessor(train_wordpiece(texts, vocab_size=60), max_length=max_length)
+    """A WordPiece vocabulary large enough that each answer word is one token."""
+    return TextProcessor(train_wordpiece(texts, vocab_size=120), max_length=max_length)
 
 
 def test_questions_are_encoded_as_the_training_prefix() -> None:
@@ -151,7 +152,7 @@ def test_mgc_qa_reads_answer_start_from_text_and_skips_captions(
     monkeypatch.setattr(decoder, "hidden_states", recording)
     loss = model.objectives[0](FeatureCache(model, batch))["mgc_loss"]
     assert torch.isfinite(loss) and loss > 0
-    masked, _, _, _, mode, prefix = calls[0]
+    masked, _, _, _, mode, prefix = calls[0][:6]
     start = int(items[1]["answer_start"])
     assert masked.shape[0] == 1 and mode == "prefix" and prefix.tolist() == [start]
     question = batch["text"]["input_ids"][1, :start]
