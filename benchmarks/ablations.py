@@ -10,7 +10,8 @@ ratio of its stages) for each of ``--seeds`` seeds (``train.seed``), evaluates t
 evaluators on the test split, and the table gives mean and spread (sample standard deviation)
 over the seeds. A metric a rung cannot compute is ``n/a``, with the reason printed: a model
 trained on T-V (or T-A) only has no MGA head and no condition adapter for the other modality,
-so it cannot score t2av retrieval nor caption from vision+audio (that is what the rung removes).
+so it cannot score t2av retrieval (that is what the rung removes); it captions from the modality
+it was trained on (T-V: vision alone, whose captions cannot name the heard digit).
 
     python benchmarks/ablations.py                                  # 3 seeds, the presets' steps
     python benchmarks/ablations.py --steps 2 --seeds 1 --ladders cots --output /tmp/abl   # smoke
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 from collections.abc import Callable
@@ -35,6 +37,8 @@ from modaloom.core.runner import train
 from modaloom.core.spec import resolve_tree, validate_tree
 
 Tree = dict[str, Any]
+METRICS_FILE = "ablation-metrics.json"
+"""Each run's metrics, beside its run directory's checkpoints (a rerun skips finished runs)."""
 Rung = tuple[str, Callable[[Tree], None]]
 GROUPS: dict[str, list[Any]] = {
     "T-V": [["text", "vision"]],
@@ -65,6 +69,10 @@ def valor_rung(groups: list[Any]) -> Callable[[Tree], None]:
     def apply(tree: Tree) -> None:
         for kind in ("mga", "mgc"):
             objective(tree, kind)["groups"] = copy.deepcopy(groups)
+        if len(groups) == 1:  # caption from what the rung trained on (T-V: vision alone)
+            for evaluator in tree["eval"]:
+                if evaluator["type"] == "captioning":
+                    evaluator["group"] = copy.deepcopy(groups[0])
 
     return apply
 
@@ -95,7 +103,7 @@ LADDERS: dict[str, tuple[str, list[Rung], list[str]]] = {
     "valor": (
         "valor-tiny",
         [(name, valor_rung(groups)) for name, groups in GROUPS.items()],
-        ["t2av.r1", "cider"],
+        ["t2av.r1", "t2v.r1", "t2a.r1", "cider"],
     ),
     "omnivl": (
         "omnivl-tiny",
@@ -140,6 +148,9 @@ def run_rung(
     tree["train"]["eval_every"] = None
     spec = validate_tree(tree, registry, source=f"{preset} ({rung[0]})")
     run_dir = output / preset / rung[0].replace(" ", "_").replace("+", "plus") / f"seed{seed}"
+    done = run_dir / METRICS_FILE
+    if done.is_file():  # a rerun with the same --output continues where it stopped
+        return {k: float(v) for k, v in json.loads(done.read_text()).items()}
     train(spec, run_dir, registry=registry, overwrite=run_dir.exists(), show_progress=False)
     run = load_run(run_dir, spec=spec, registry=registry)
     metrics: dict[str, float] = {}
@@ -152,6 +163,7 @@ def run_rung(
         except Exception as exc:
             reason = " ".join(line.strip() for line in str(exc).splitlines())
             print(f"  {preset} / {rung[0]}: {evaluator.type} not computed ({reason})")
+    done.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics
 
 
