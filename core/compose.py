@@ -318,4 +318,3 @@ def build_model(
 def count_parameters(model: nn.Module) -> int:
     """Distinct trainable parameters (shared tensors counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -128,4 +128,3 @@ def default_registry() -> Registry:
     if _default is None:
         _default = load_plugins()
     return _default
-

@@ -31,8 +31,9 @@ def test_every_preset_validates(registry: Registry) -> None:
 
 
 @pytest.mark.parametrize("preset", TINY)
-def test_tiny_preset_trains_and_evaluates(preset: str, registry: Registry, tmp_path: Path,
-                                          small_preset: SmallPreset) -> None:
+def test_tiny_preset_trains_and_evaluates(
+    preset: str, registry: Registry, tmp_path: Path, small_preset: SmallPreset
+) -> None:
     spec = load_spec(small_preset(preset), registry=registry)
     result = train(spec, tmp_path, registry=registry, show_progress=False)
     assert result.step == sum(s.steps for s in spec.train.resolved_stages())
@@ -45,8 +46,9 @@ def test_tiny_preset_trains_and_evaluates(preset: str, registry: Registry, tmp_p
             assert 0.0 <= value <= 1.0, key
 
 
-def test_pipeline_captions_and_answers(registry: Registry, tmp_path: Path,
-                                       small_preset: SmallPreset) -> None:
+def test_pipeline_captions_and_answers(
+    registry: Registry, tmp_path: Path, small_preset: SmallPreset
+) -> None:
     spec = load_spec(small_preset("valor-tiny"), registry=registry)
     train(spec, tmp_path, registry=registry, show_progress=False)
     pipeline = modaloom.load(tmp_path)
@@ -57,6 +59,7 @@ def test_pipeline_captions_and_answers(registry: Registry, tmp_path: Path,
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert captions[0] == captions[1]  # same clip, same caption
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    scores = pipeline.score(["a one is shown while a tone for two plays"], [sample["video"]],
-                            modality="video")
+    scores = pipeline.score(
+        ["a one is shown while a tone for two plays"], [sample["video"]], modality="video"
+    )
     assert scores.shape == (1, 1)
