@@ -22,7 +22,6 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
-from modaloom.modalities.audio_decode import decode_audio
 from modaloom.modalities.audio_settings import resolve_audio_settings
 from modaloom.modalities.media_io import decoding
 
@@ -147,6 +146,8 @@ class AudioProcessor(Processor):
             MediaDecodeError: unreadable container, no audio stream, zero-length audio, or any
                 other failure while decoding.
         """
+        from modaloom.modalities.audio_decode import decode_audio  # lazily: PyAV with it
+
         config = self.config
         random_starts = train and config.train_sampling == "random"
         with decoding(key):

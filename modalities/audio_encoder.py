@@ -9,12 +9,12 @@ their pooled features averaged (SPEC §A2).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import ASTConfig, ASTModel
+from transformers import ASTConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
@@ -29,6 +29,9 @@ from modaloom.modalities.hf import (
     save_hf_config,
     save_hf_model,
 )
+
+if TYPE_CHECKING:
+    from transformers import ASTModel
 
 __all__ = ["ASTEncoder", "ASTEncoderSpec", "load_ast", "resize_ast_positions"]
 
@@ -139,6 +142,8 @@ def _audio_shape(ctx: BuildContext) -> tuple[int, int] | None:
 
 def load_ast(config: ASTEncoderSpec, ctx: BuildContext) -> ASTModel:
     """An `ASTModel` from ``pretrained`` or from a config, shaped to the data's spectrograms."""
+    from transformers import ASTModel  # lazily: only a spec that uses it loads it
+
     data_shape = _audio_shape(ctx)
     if config.pretrained is None:
         mel_bins, length = data_shape or (DEFAULT_MEL_BINS, DEFAULT_LENGTH)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
@@ -20,6 +20,9 @@ from modaloom.modalities.hf import (
     save_hf_model,
 )
 from modaloom.modalities.image import visual_size
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionModel
 
 __all__ = ["CLIPVisionEncoder", "CLIPVisionSpec", "load_clip_vision"]
 
@@ -83,6 +86,8 @@ class CLIPVisionEncoder(Encoder):
 def load_clip_vision(config: CLIPVisionSpec, ctx: BuildContext) -> CLIPVisionModel:
     """A `CLIPVisionModel` from ``pretrained`` (a vision tower or a whole `CLIPModel`) or from a
     config at the data's frame size."""
+    from transformers import CLIPVisionModel  # lazily: only a spec that uses it loads it
+
     size = visual_size(ctx)
     defaults = {"image_size": size} if size is not None else {}
     clip = load_hf_model(

@@ -9,10 +9,10 @@ under ``image.vit.*`` still load.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor, nn
-from transformers import ViTConfig, ViTModel
+from transformers import ViTConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
@@ -20,6 +20,9 @@ from modaloom.core.interfaces import EncoderOutput
 from modaloom.core.registry import Registry
 from modaloom.modalities.hf import HFEncoderSpec, Pooling
 from modaloom.modalities.image import ViTImageEncoder, load_vit, visual_size
+
+if TYPE_CHECKING:
+    from transformers import ViTModel
 
 __all__ = ["FrameMeanEncoder", "FrameMeanSpec"]
 

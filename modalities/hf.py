@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import ValidationInfo, field_validator, model_validator
 from torch import Tensor
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError, SpecProblems
@@ -37,6 +37,9 @@ from modaloom.modalities.hf_checkpoint import (
     refuse_partial_load,
 )
 from modaloom.modalities.hf_config import config_problems
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "HFEncoderSpec",
@@ -52,7 +55,7 @@ __all__ = [
     "save_hf_model",
 ]
 
-ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+ModelT = TypeVar("ModelT", bound="PreTrainedModel")
 
 log = logging.getLogger(__name__)
 

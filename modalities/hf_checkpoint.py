@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from huggingface_hub import try_to_load_from_cache
 from pydantic import ValidationInfo
-from transformers import PreTrainedModel
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
 from modaloom.core.errors import SpecError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from modaloom.core.interfaces import PretrainedInput
     from modaloom.core.spec_models import Spec
 
@@ -48,7 +49,7 @@ __all__ = [
     "take_from_checkpoint",
 ]
 
-ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+ModelT = TypeVar("ModelT", bound="PreTrainedModel")
 SpecT = TypeVar("SpecT", bound="Spec")
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
 
 __all__ = ["MAX_LAYERS", "MAX_SIZE", "RESERVED", "config_problems"]
 
@@ -115,6 +114,14 @@ def _unknown(key: str, known: frozenset[str]) -> str:
     return f"is not a field of this component's transformers config{hint}"
 
 
+def _activations() -> Collection[str]:
+    """The ``hidden_act`` names `transformers` knows; imported when a spec sets one (the module
+    loads torch's compiler stack, which only building a model needs)."""
+    from transformers.activations import ACT2FN
+
+    return ACT2FN
+
+
 def _value_problems(values: Mapping[str, Any], given: Mapping[str, Any]) -> list[Problem]:
     """Single-field rules, for the fields the spec gives."""
     problems: list[Problem] = []
@@ -129,8 +136,8 @@ def _value_problems(values: Mapping[str, Any], given: Mapping[str, Any]) -> list
             problems.append((f"config.{key}", f"must be a positive number, got {value!r}"))
         elif key == "initializer_range" and not (_number(value) and value >= 0):
             problems.append((f"config.{key}", f"must be a number >= 0, got {value!r}"))
-        elif key == "hidden_act" and isinstance(value, str) and value not in ACT2FN:
-            names = ", ".join(sorted(ACT2FN))
+        elif key == "hidden_act" and isinstance(value, str) and value not in _activations():
+            names = ", ".join(sorted(_activations()))
             problems.append((f"config.{key}", f"unknown activation {value!r}; use one of {names}"))
     return problems
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
-from transformers import ViTConfig, ViTModel
+from transformers import ViTConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.hookspecs import hookimpl
@@ -39,6 +39,9 @@ from modaloom.modalities.transforms import (
     decode_side,
     normalize,
 )
+
+if TYPE_CHECKING:
+    from transformers import ViTModel
 
 
 class ImageSpec(Spec):
@@ -173,6 +176,8 @@ def load_vit(
             size; a checkpoint of another size has its position embeddings interpolated.
         gradient_checkpointing: as in `load_hf_model`.
     """
+    from transformers import ViTModel  # lazily: only a spec that uses it loads it
+
     vit = load_hf_model(
         ViTModel,
         ViTConfig,

@@ -5,6 +5,9 @@ one sample share one opened container (`SHARED_KINDS`); `decoding` (from core, r
 for the modality files) turns anything else raised while decoding one sample into
 `MediaDecodeError`, so ``on_error: skip`` can skip it; `check_pixels` refuses images and video
 frames larger than ``max_pixels`` before decoding them.
+
+PyAV is imported when media is first opened, not with this module: image decoding (PIL) and
+the specs' defaults use the rest without loading FFmpeg.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
-
-import av
-import av.container
+from typing import IO, TYPE_CHECKING, Any
 
 from modaloom.core.errors import MediaDecodeError, decoding
 
+if TYPE_CHECKING:
+    import av.container
+
 __all__ = [
+    "DEFAULT_MAX_PACKETS",
     "DEFAULT_MAX_PIXELS",
     "SHARED_KINDS",
     "MediaSource",
@@ -33,6 +37,8 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 36_000_000
 """Largest image or video frame decoded by default (36 MP, e.g. 6000x6000), in pixels."""
+DEFAULT_MAX_PACKETS = 4096
+"""Packets demuxed per requested frame before giving up (guards against garbage input)."""
 
 MediaSource = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
 """Encoded media: the file's bytes, a local path, or a readable (seekable) binary file object."""
@@ -127,6 +133,8 @@ def _release_shared() -> None:
 
 
 def _open(source: MediaSource, key: str) -> av.container.InputContainer:
+    import av  # lazily: FFmpeg loads with the first media opened
+
     target = _as_av_input(source, key)
     try:
         return av.open(target, mode="r", metadata_errors="ignore")
@@ -176,6 +184,8 @@ def open_media(
     Raises:
         MediaDecodeError: the media cannot be opened or read, or ``source`` is of another type.
     """
+    import av  # lazily, as in _open
+
     identity = _identity(source, key)
     shared = _reuse(identity, share)
     if shared is None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+from transformers import BertConfig, PreTrainedTokenizerFast
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import MediaDecodeError, SpecError
@@ -39,6 +39,9 @@ from modaloom.modalities.text_tokenizer import (
     load_tokenizer,
     train_wordpiece,
 )
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 BERT_UNUSED = (r"(bert\.)?pooler\.", r"cls\.")
 """Checkpoint tensors a ``bert`` encoder leaves out: the pooler and the pre-training heads
@@ -269,6 +272,8 @@ def refuse_another_vocabulary(config: HFEncoderSpec, ctx: BuildContext, embeddin
 def load_bert(config: BertEncoderSpec, ctx: BuildContext) -> BertModel:
     """A `BertModel` from ``pretrained`` or from a config sized to the tokenizer (a checkpoint
     must fit the tokenizer: `refuse_another_vocabulary`)."""
+    from transformers import BertModel  # lazily: only a spec that uses it loads it
+
     vocab = text_vocab_size(ctx)
     bert = load_hf_model(
         BertModel,

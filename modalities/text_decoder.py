@@ -35,13 +35,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from transformers import BertConfig, BertLMHeadModel, BertModel
-from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+from transformers import BertConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import ExportError, SpecError
@@ -58,6 +57,10 @@ from modaloom.modalities.hf import (
 )
 from modaloom.modalities.hf_checkpoint import quiet_transformers
 from modaloom.modalities.text import refuse_another_vocabulary, text_vocab_size
+
+if TYPE_CHECKING:
+    from transformers import BertLMHeadModel, BertModel
+    from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 __all__ = [
     "BertDecoderSpec",
@@ -284,6 +287,8 @@ class BertTextDecoder(nn.Module):
                 f"its condition adapter ({self.condition_dim} -> {self.output_dim}) has no place "
                 "in a BertLMHeadModel"
             )
+        from transformers import BertLMHeadModel  # lazily, as in load_bert_lm
+
         with quiet_transformers():
             lm = BertLMHeadModel(self.bert.config)
         lm.bert, lm.cls = self.bert, self.head
@@ -294,6 +299,8 @@ class BertTextDecoder(nn.Module):
 
 
 def _target_bert(target: nn.Module) -> BertModel:
+    from transformers import BertModel  # lazily, as in load_bert_lm
+
     bert = getattr(target, "bert", None)
     if not isinstance(bert, BertModel):
         raise TypeError(f"{type(target).__name__} holds no BertModel to share with")
@@ -397,6 +404,8 @@ def load_bert_lm(
     """A `BertLMHeadModel` with cross-attention, from ``pretrained`` or a config: the shared
     BERT's (copied) or one sized to the tokenizer. Gradient checkpointing is not enabled here
     (`make_bert_decoder` enables it once the modules are shared)."""
+    from transformers import BertLMHeadModel  # lazily: only a spec that uses it loads it
+
     vocab = text_vocab_size(ctx)
     config_class: Callable[..., BertConfig] = BertConfig
     defaults: dict[str, Any] = {"vocab_size": vocab or 30522}

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from transformers import ViTConfig, ViTModel
-from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings, ViTLayer
+from transformers import ViTConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import ExportError, SpecError
@@ -59,6 +58,10 @@ from modaloom.modalities.tubelet import (
     tubelet_tokens,
 )
 
+if TYPE_CHECKING:
+    from transformers import ViTModel
+    from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
+
 __all__ = [
     "TemporalAttention",
     "TimeSformer",
@@ -76,6 +79,8 @@ class TemporalAttention(nn.Module):
     """
 
     def __init__(self, config: ViTConfig) -> None:
+        from transformers.models.vit.modeling_vit import ViTAttention  # lazily, as in load_vit
+
         super().__init__()
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = ViTAttention(config)
@@ -179,7 +184,7 @@ class TimeSformer(nn.Module):
         batch, frames = pixel_values.shape[:2]
         if self.steps(frames) != frames:
             assert self.tubelet_embed is not None
-            embeddings = cast(ViTEmbeddings, self.vit.embeddings)
+            embeddings = cast("ViTEmbeddings", self.vit.embeddings)
             cls, patches = tubelet_tokens(embeddings, self.tubelet_embed, pixel_values)
         else:
             dtype = self.vit.embeddings.patch_embeddings.projection.weight.dtype
@@ -230,7 +235,7 @@ class TimeSformer(nn.Module):
         Returns:
             (B, 1 + T*P, D).
         """
-        vit_layer = cast(ViTLayer, layer)
+        vit_layer = cast("ViTLayer", layer)
         if frames == 1:
             return cast(Tensor, vit_layer(hidden))
         batch, _, dim = hidden.shape
@@ -276,7 +281,7 @@ def initialise_temporal_from_spatial(model: TimeSformer) -> None:
     action)."""
     with torch.no_grad():
         for layer, temporal in zip(model.vit.layers, model.temporal, strict=True):
-            spatial = cast(ViTLayer, layer)
+            spatial = cast("ViTLayer", layer)
             branch = cast(TemporalAttention, temporal)
             branch.layernorm.load_state_dict(spatial.layernorm_before.state_dict())
             branch.attention.load_state_dict(spatial.attention.state_dict())
@@ -376,6 +381,8 @@ def video_frames(ctx: BuildContext) -> int | None:
 def make_timesformer_encoder(config: TimeSformerSpec, ctx: BuildContext) -> TimeSformerEncoder:
     """Registry factory of the ``timesformer`` encoder: a `TimesformerModel` checkpoint loaded
     whole, or a ViT (checkpoint or random init) inflated."""
+    from transformers import ViTModel  # lazily: only a spec that uses it loads it
+
     frames = config.num_frames or video_frames(ctx)
     if frames is not None and frames % config.tubelet:
         problem = (

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PretrainedConfig, TimesformerConfig, TimesformerModel, ViTConfig
+from transformers import PretrainedConfig, TimesformerConfig, ViTConfig
 
 from modaloom.core.compose import BuildContext
 from modaloom.core.errors import SpecError
@@ -61,6 +61,8 @@ from modaloom.modalities.hf_checkpoint import (
 )
 
 if TYPE_CHECKING:
+    from transformers import TimesformerModel
+
     from modaloom.modalities.timesformer import TimeSformer
 
 __all__ = [
@@ -173,6 +175,8 @@ def export_hf_timesformer(model: TimeSformer) -> TimesformerModel:
     Raises:
         ValueError: a tensor of either model has no counterpart in the other.
     """
+    from transformers import TimesformerModel  # lazily: only a spec that uses it loads it
+
     ours = model.state_dict()
     with quiet_transformers():
         target = TimesformerModel(timesformer_config(model))
@@ -213,6 +217,8 @@ def is_timesformer_checkpoint(checkpoint: str) -> bool:
 
 def _read_checkpoint(spec: HFEncoderSpec, ctx: BuildContext) -> TimesformerModel:
     """The `TimesformerModel` of ``spec.pretrained``, refused unless it loads whole."""
+    from transformers import TimesformerModel  # lazily: only a spec that uses it loads it
+
     where = f"{component_path(spec, ctx)}.pretrained"
     checkpoint = str(spec.pretrained)
     try:

@@ -9,11 +9,13 @@ alternative]); either way a static clip gets the 2-D embedding of its frame.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
-from transformers.models.vit.modeling_vit import ViTEmbeddings
+
+if TYPE_CHECKING:
+    from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 __all__ = ["TubeletInit", "inflate_tubelet", "tubelet_conv", "tubelet_tokens"]
 

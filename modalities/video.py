@@ -1,8 +1,9 @@
 """Video modality: PyAV decoding with seek-based frame sampling, torch transforms, collation.
 
-Decoding lives in `modaloom.modalities.video_decode`; this file holds the spec, the clip
-transform (built on the shared `modaloom.modalities.transforms`, torch ops only, no torchvision)
-and the `Processor` the data layer calls.
+Decoding lives in `modaloom.modalities.video_decode` (imported, PyAV with it, when the first
+clip is decoded); this file holds the spec, the clip transform (built on the shared
+`modaloom.modalities.transforms`, torch ops only, no torchvision) and the `Processor` the data
+layer calls.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import DataContext, Processor, zeros_like_first
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import Spec
-from modaloom.modalities.media_io import DEFAULT_MAX_PIXELS, decoding
+from modaloom.modalities.media_io import DEFAULT_MAX_PACKETS, DEFAULT_MAX_PIXELS, decoding
 from modaloom.modalities.pixels import default_pixels, export_pixels, pixels, resolve_pixels
 from modaloom.modalities.transforms import (
     center_crop_box,
@@ -28,7 +29,6 @@ from modaloom.modalities.transforms import (
     normalize,
     random_resized_crop_box,
 )
-from modaloom.modalities.video_decode import DEFAULT_MAX_PACKETS, decode_video
 
 
 class VideoSpec(Spec):
@@ -122,6 +122,8 @@ class VideoProcessor(Processor):
             MediaDecodeError: unreadable container, no video stream, no frames, truncated file,
                 frames over ``max_pixels``, or any other failure while decoding.
         """
+        from modaloom.modalities.video_decode import decode_video  # lazily: PyAV with it
+
         config = self.config
         random_times = train and config.train_sampling == "random_segment"
         with decoding(key):

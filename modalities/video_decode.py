@@ -28,6 +28,7 @@ from torch import Tensor
 from modaloom.core.errors import MediaDecodeError
 from modaloom.modalities.array_inputs import is_encoded, video_pixels, warn_once
 from modaloom.modalities.media_io import (
+    DEFAULT_MAX_PACKETS,
     DEFAULT_MAX_PIXELS,
     MediaSource,
     check_pixels,
@@ -36,7 +37,6 @@ from modaloom.modalities.media_io import (
 )
 from modaloom.modalities.video_frames import Decoded, FrameSizing, frames_to_tensor
 from modaloom.modalities.video_seek import (
-    DEFAULT_MAX_PACKETS,
     EPS,
     NoTimestamps,
     SeekFailed,

@@ -30,8 +30,6 @@ import av.video.stream
 from modaloom.core.errors import MediaDecodeError
 from modaloom.modalities.video_frames import Decoded
 
-DEFAULT_MAX_PACKETS = 4096
-"""Packets demuxed per requested frame before giving up (guards against garbage input)."""
 UNKNOWN_GOP_WINDOW = 1.0
 """Seconds decoded forward instead of seeking when keyframe positions are unknown."""
 _SEEK_BACKOFFS = (0.0, 1.0, 5.0, math.inf)

@@ -42,13 +42,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
-from transformers import ViTModel
 
 from modaloom.core.compose import BuildContext, FeatureCache
 from modaloom.core.errors import SpecError
@@ -66,6 +65,9 @@ from modaloom.objectives.visual_tokenizer import (
     build_visual_tokenizer,
     visual_tokenizer_config,
 )
+
+if TYPE_CHECKING:
+    from transformers import ViTModel
 
 __all__ = ["MVLM", "MVLMSpec"]
 
@@ -227,7 +229,7 @@ class MVLM(Objective):
             rows.numel(), grid_h, grid_w, cfg.patch_mask_ratio, device=pixels.device
         )
         targets = self.targets(pixels, (grid_h, grid_w))  # (b, N)
-        with self.masked_patches(cast(ViTModel, component.vit), mask):
+        with self.masked_patches(cast("ViTModel", component.vit), mask):
             hidden = component({"pixel_values": pixels}).sequence[:, 1:]  # drop [CLS]
         text = self.text_to_image(self.other_stream(features[cfg.text].pooled[rows]))  # (b, D_v)
         states = hidden + text[:, None]
@@ -247,6 +249,8 @@ class MVLM(Objective):
 
 def make_mvlm(config: MVLMSpec, ctx: BuildContext) -> MVLM:
     """Registry factory of ``mvlm``."""
+    from transformers import ViTModel  # lazily: the vit component has loaded it already
+
     where = "model.objectives.mvlm"
     tokenizer, patch = None, 16
     if config.cmvm:

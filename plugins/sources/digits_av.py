@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 from PIL import Image
 from pydantic import Field, model_validator
@@ -147,6 +146,8 @@ def dtmf_tone(digit: int, rng: np.random.Generator, seconds: float = 1.0) -> np.
 
 def encode_clip(frames: np.ndarray, audio: np.ndarray) -> bytes:
     """An mp4 with h264 video (yuv420p, crf 12) and mono AAC audio."""
+    import av  # lazily: only building the set needs FFmpeg
+
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=FPS)

@@ -29,7 +29,7 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
         calls.append(target)
         return real(target, *args, **kwargs)
 
-    monkeypatch.setattr(media_io.av, "open", counting)
+    monkeypatch.setattr(av, "open", counting)
     yield calls
     media_io._release_shared()
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from modaloom.core.errors import MediaDecodeError
 from modaloom.core.interfaces import DataContext
 from modaloom.core.registry import Registry
-from modaloom.modalities import video
+from modaloom.modalities import video, video_decode
 from modaloom.modalities.transforms import IMAGENET_MEAN, IMAGENET_STD
 from modaloom.modalities.video import (
     VideoProcessor,
@@ -319,7 +319,7 @@ def test_train_sampling_mode_decides_whether_times_are_random(
         seen.append(rng)
         return torch.zeros(num, 3, 48, 64, dtype=torch.uint8)
 
-    monkeypatch.setattr(video, "decode_video", fake_decode)
+    monkeypatch.setattr(video_decode, "decode_video", fake_decode)
     rng = random.Random(0)
     processor = VideoProcessor(VideoSpec(frames=4, size=32, train_sampling=sampling))
     processor.process(mp4_h264_aac, key="k", train=True, rng=rng)
