@@ -26,8 +26,9 @@ from pydantic import ValidationError
 from modaloom.core.data import EvalStream, SampleDecoder
 from modaloom.core.errors import MediaDecodeError, decoding
 from modaloom.core.interfaces import Processor
-from modaloom.modalities import audio, image, video
 from modaloom.modalities import audio_decode as audio_decode_module
+from modaloom.modalities import image, video
+from modaloom.modalities import video_decode as video_decode_module
 from modaloom.modalities.audio import AudioProcessor, AudioSpec
 from modaloom.modalities.audio_decode import decode_audio
 from modaloom.modalities.image import ImageProcessor, ImageSpec
@@ -144,9 +145,14 @@ def test_undecodable_samples_raise_media_decode_error(processor, value, cause):
     ("module", "name", "processor", "error"),
     [
         (image, "decode_image", ImageProcessor(ImageSpec()), ZeroDivisionError("division by zero")),
-        (video, "decode_video", VideoProcessor(VideoSpec()), AttributeError("no thread_count")),
         (
-            audio,
+            video_decode_module,
+            "decode_video",
+            VideoProcessor(VideoSpec()),
+            AttributeError("no thread_count"),
+        ),
+        (
+            audio_decode_module,
             "decode_audio",
             AudioProcessor(AudioSpec()),
             ValueError("Frame does not match AudioResampler setup."),
