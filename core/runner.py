@@ -37,6 +37,10 @@ from modaloom.core.stream import StreamPlan, make_train_loader
 
 log = logging.getLogger(__name__)
 
+METADATA_KEYS = ("__keys__", "__meta__")
+"""Batch entries that hold no tensors (keys, raw fields), left as they are by `send_to_device`
+(walking a batch's per-sample dicts took ~0.2 ms a step)."""
+
 
 @dataclass
 class TrainResult:
@@ -201,6 +205,7 @@ class TrainingSession:
         stream = stage_stream(self.spec, stage, processors, sources, plan, acc)
         loader = make_train_loader(stream, self.spec.data.num_workers, seed=train.seed + index)
         self.model.train()
+        unwrapped = self.unwrapped  # once: Accelerate's unwrap_model costs ~0.2 ms a call
         step_loss, micro, last = torch.zeros(()), 0, float("nan")
         started = time.perf_counter()
         for batch in loader:
@@ -213,7 +218,7 @@ class TrainingSession:
             if micro % train.gradient_accumulation:
                 continue
             self.step += 1
-            self.unwrapped.after_optimizer_step()
+            unwrapped.after_optimizer_step()
             self.data_state = {"stage": stage.name, **tracker.state_dict()}
             bar.update(1)
             if self.step % train.log_every == 0 or self.step == first_step + stage.steps:
@@ -228,7 +233,7 @@ class TrainingSession:
     def micro_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Forward and backward of one micro-batch; the optimizer steps on the last one."""
         acc, train = self.accelerator, self.spec.train
-        batch = send_to_device(batch, acc.device)
+        batch = send_to_device(batch, acc.device, skip_keys=list(METADATA_KEYS))
         source = self.spec.data.sources.get(batch.get("__source__", ""))
         if source is not None and source.objectives is not None:
             batch["__objectives__"] = source.objectives
