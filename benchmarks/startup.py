@@ -1,10 +1,10 @@
 """Benchmark: start-up cost of a run, this tree against an older commit (imports, mostly).
 
 Times three commands, each in a fresh interpreter: (a) ``modaloom validate clip-tiny``, (b) a
-1-step ``modaloom train clip-tiny`` on a fabricated manifest (16 PNGs written with PIL into a
-temporary directory) and (c) ``modaloom plugins``, which registers every built-in and builds no
-model (what registration alone imports). Each command's wall time (interpreter start to exit)
-and maximum resident set size are measured ``--repeats`` times for this tree and for
+1-step ``modaloom train clip-tiny`` on 16 shape PNGs with captions (the tests' `write_shapes`,
+in a temporary directory) and (c) ``modaloom plugins``, which registers every built-in and
+builds no model (what registration alone imports). Each command's wall time (interpreter start
+to exit) and maximum resident set size are measured ``--repeats`` times for this tree and for
 ``--against REV``, interleaved (REV, this tree, REV, this tree, ...), and the medians are
 printed, with the heavy modules each run imported although clip-tiny (ViT + BERT) has no use
 for them. The older commit is checked out as a git worktree and imported through
@@ -26,14 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 try:
     from against import base_pythonpath  # python benchmarks/startup.py
 except ImportError:  # python -m modaloom.benchmarks.startup
     from modaloom.benchmarks.against import base_pythonpath
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import write_shapes  # noqa: E402  (the shapes data set the tests train on)
+
 WATCHED = {
     "AST": "transformers.models.audio_spectrogram_transformer."
     "modeling_audio_spectrogram_transformer",
@@ -57,21 +58,6 @@ print(json.dumps({"code": code, "rss_kib": rss, "package": modaloom.__file__, "l
 """
 """One command in a fresh interpreter; its last stdout line reports exit code, max RSS (KiB),
 which ``modaloom`` it imported and which `WATCHED` modules it loaded."""
-
-
-def write_manifest(directory: Path, count: int = 16) -> Path:
-    """``count`` 40x40 PNGs of coloured squares and a JSONL manifest of captions for them."""
-    colors = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-    lines = []
-    for index in range(count):
-        name = sorted(colors)[index % len(colors)]
-        image = Image.new("RGB", (40, 40), (255, 255, 255))
-        image.paste(colors[name], (4 + index % 8, 4, 30 + index % 8, 30))
-        image.save(directory / f"img{index}.png")
-        lines.append(json.dumps({"image": f"img{index}.png", "text": f"a {name} square"}))
-    manifest = directory / "train.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
 
 
 def run_once(args: list[str], pythonpath: Path | None, cwd: Path) -> tuple[float, float, list[str]]:
@@ -124,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     loaded: dict[tuple[str, str], list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        manifest = write_manifest(root)
+        manifest = write_shapes(root, 16)
         for repeat in range(args.repeats):
             for label, pythonpath in contenders.items():
                 for name, command in commands(manifest, root / f"run-{label}-{repeat}").items():
