@@ -37,9 +37,21 @@ from modaloom.modalities.video_decode import (
 from modaloom.modalities.video_seek import SeekSampler, timeline
 
 try:
-    from decode_peers import Decode, available_peers, compare_video  # python benchmarks/decode.py
+    from decode_peers import (  # python benchmarks/decode.py
+        Decode,
+        available_audio_peers,
+        available_peers,
+        compare_audio,
+        compare_video,
+    )
 except ImportError:  # python -m modaloom.benchmarks.decode
-    from modaloom.benchmarks.decode_peers import Decode, available_peers, compare_video
+    from modaloom.benchmarks.decode_peers import (
+        Decode,
+        available_audio_peers,
+        available_peers,
+        compare_audio,
+        compare_video,
+    )
 
 
 def make_clip(seconds: float, fps: int, width: int, height: int, gop: int) -> bytes:
@@ -155,19 +167,24 @@ def bench_video(
     return ratios
 
 
-def bench_audio(args: argparse.Namespace) -> None:
+def bench_audio(args: argparse.Namespace, peers: bool) -> float | None:
+    """Print modaloom's spectrograms/s and return modaloom / best peer (``None``: no peer)."""
     data = make_audio(args.seconds)
     processor = AudioProcessor(AudioSpec())
     rng = random.Random(0)
 
-    def spectrogram(index: int) -> object:
-        return processor.process(data, key=str(index), train=True, rng=rng)
+    def spectrograms(value: object) -> object:
+        return processor.process(value, key="bench", train=True, rng=rng)
 
-    per_second = rate(spectrogram, args.clips, args.repeats)
+    per_second = rate(lambda index: spectrograms(data), args.clips, args.repeats)
     print(
         f"audio: {args.seconds:g} s AAC 44.1 kHz stereo -> 16 kHz mono -> (1, 64, 512) fbank: "
         f"{per_second:.1f} spectrograms/s"
     )
+    if not peers:
+        return None
+    found = available_audio_peers(make_audio(1.0))
+    return compare_audio(data, spectrograms, found, args.clips, args.repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,10 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PyAV {av.__version__}, torch {torch.__version__}, single-threaded")
     peers = available_peers(make_clip(1.0, args.fps, 64, 48, 12)) if args.peers else None
     ratios = [ratio for gop in args.gops for ratio in bench_video(args, gop, peers)]
-    bench_audio(args)
+    audio_ratio = bench_audio(args, args.peers)
     if args.peers:
         video = f"{min(ratios):.2f}" if ratios else "n/a"
-        print(f"modaloom/best-peer: video {video} audio n/a")
+        audio = "n/a" if audio_ratio is None else f"{audio_ratio:.2f}"
+        print(f"modaloom/best-peer: video {video} audio {audio}")
 
 
 if __name__ == "__main__":

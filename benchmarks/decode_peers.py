@@ -6,8 +6,13 @@ uint8 RGB at full resolution; each row's first clip is asserted to decode to the
 modaloom's before any timing. Contenders run interleaved (each repeat times every contender in
 turn) and the median clips per second is reported with modaloom / peer. A peer that is not
 installed, or whose libraries cannot load (torchcodec needs FFmpeg's shared libraries on the
-system), is skipped with a printed line. Audio peers: none is compared yet (no peer decodes AAC
-to the same samples as FFmpeg's resampler), so the audio ratio is ``n/a``.
+system), is skipped with a printed line.
+
+Audio peers decode the same file at 16 kHz keeping its channels and average them (decord2's
+`AudioReader(mono=False)`, torchcodec's `AudioDecoder`; their own mono downmix is FFmpeg's
+default, 1/sqrt(2) per channel, where modaloom averages), asserted equal to modaloom's samples
+within 1e-6; each peer's waveform then goes through the same
+`AudioProcessor` (Kaldi fbank) as modaloom's, so a row compares spectrograms per second.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
+from modaloom.modalities.audio_decode import decode_audio
 from modaloom.modalities.video_decode import decode_frames_at
 
 Decode = Callable[[bytes, list[int]], torch.Tensor]
+F = TypeVar("F")
+DecodeAudio = Callable[[bytes, int], torch.Tensor]
+"""(file bytes, output rate) -> (S,) float32 mono samples."""
 
 
 def _decord() -> Decode:
@@ -45,16 +55,48 @@ def _torchcodec() -> Decode:
     return decode
 
 
+def _decord_audio() -> DecodeAudio:
+    import decord  # decord2's module (optional, the [bench] extra)
+
+    def decode(data: bytes, rate: int) -> torch.Tensor:
+        reader = decord.AudioReader(io.BytesIO(data), sample_rate=rate, mono=False)
+        return torch.from_numpy(reader[:].asnumpy()).mean(0)
+
+    return decode
+
+
+def _torchcodec_audio() -> DecodeAudio:
+    from torchcodec.decoders import AudioDecoder  # optional, the [bench] extra
+
+    def decode(data: bytes, rate: int) -> torch.Tensor:
+        return AudioDecoder(data, sample_rate=rate).get_all_samples().data.mean(0)
+
+    return decode
+
+
 PEERS: dict[str, Callable[[], Decode]] = {"decord2": _decord, "torchcodec": _torchcodec}
+AUDIO_PEERS: dict[str, Callable[[], DecodeAudio]] = {
+    "decord2": _decord_audio,
+    "torchcodec": _torchcodec_audio,
+}
 
 
 def available_peers(probe: bytes) -> dict[str, Decode]:
-    """The peers that load and decode ``probe`` here; prints a line for each skipped one."""
+    """The video peers that load and decode ``probe`` here; prints a line for each skipped."""
+    return _loaded(PEERS, lambda decode: decode(probe, [0]))
+
+
+def available_audio_peers(probe: bytes) -> dict[str, DecodeAudio]:
+    """The audio peers that load and decode ``probe`` here; prints a line for each skipped."""
+    return _loaded(AUDIO_PEERS, lambda decode: decode(probe, 16000))
+
+
+def _loaded(peers: dict[str, Callable[[], F]], probe: Callable[[F], object]) -> dict[str, F]:
     found = {}
-    for name, load in PEERS.items():
+    for name, load in peers.items():
         try:
             decode = load()
-            decode(probe, [0])  # torchcodec loads FFmpeg's libraries only now
+            probe(decode)  # torchcodec loads FFmpeg's libraries only now
             found[name] = decode
         except (ImportError, OSError, RuntimeError) as exc:
             print(f"peers: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0]})")
@@ -107,6 +149,39 @@ def compare_video(
     shown = " | ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
     print(
         f"  peers {label}: {shown} clips/s (same frames asserted) | modaloom/best "
+        f"{rates['modaloom'] / best:.2f}x"
+    )
+    return rates["modaloom"] / best
+
+
+def compare_audio(
+    data: bytes,
+    spectrograms: Callable[[object], object],
+    peers: dict[str, DecodeAudio],
+    count: int,
+    repeats: int,
+) -> float | None:
+    """Print one row (spectrograms/s of modaloom and each peer) and return modaloom / best peer.
+
+    ``spectrograms`` turns encoded bytes or a ``(waveform, 16000)`` pair into spectrograms, so
+    everything after decoding is the same code for every contender.
+    """
+    if not peers:
+        return None
+    ours = decode_audio(data, sample_rate=16000)
+    for name, peer in peers.items():
+        got = peer(data, 16000)
+        assert got.shape == ours.shape and torch.allclose(got, ours, atol=1e-6), (
+            f"{name} decodes other samples than modaloom"
+        )
+    works: dict[str, Callable[[int], object]] = {"modaloom": lambda i: spectrograms(data)}
+    for name, peer in peers.items():
+        works[name] = lambda i, peer=peer: spectrograms((peer(data, 16000), 16000))  # type: ignore[misc]
+    rates = interleaved(works, count, repeats)
+    best = max(rate for name, rate in rates.items() if name != "modaloom")
+    shown = " | ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
+    print(
+        f"  peers audio: {shown} spectrograms/s (same samples asserted) | modaloom/best "
         f"{rates['modaloom'] / best:.2f}x"
     )
     return rates["modaloom"] / best

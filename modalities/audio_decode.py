@@ -28,38 +28,68 @@ MAX_BAD_PACKETS = 16
 as FFmpeg's command line skips them, before the stream is declared corrupt."""
 
 
-class MonoResampler:
-    """FFmpeg's resampler to mono float at one rate, rebuilt when the input format changes.
+RESAMPLE_CHUNK = 1 << 18
+"""Input samples (about 6 s at 44.1 kHz) gathered before one call of FFmpeg's resampler: one
+call per decoded frame (1,024 AAC samples) cost more than decoding itself, and chunks this size
+bound the memory a long file holds while giving the same samples (the resampler keeps its state
+between calls)."""
 
-    Streams made by concatenating files change sample rate, channel layout or sample format
-    mid-stream; one FFmpeg resampler takes a single input format, so a new one starts (after
-    the old one is flushed) whenever a frame's format differs from the previous frame's.
+
+class MonoResampler:
+    """FFmpeg's resampler to mono float at one rate, fed in large chunks of decoded frames.
+
+    Frames are gathered in an `av.AudioFifo` and resampled `RESAMPLE_CHUNK` samples at a time,
+    which gives the same output as resampling each frame. Streams made by concatenating files
+    change sample rate, channel layout or sample format mid-stream; one FFmpeg resampler takes a
+    single input format, so the gathered frames are resampled and flushed and a new resampler
+    starts whenever a frame's format differs from the previous frame's.
     """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._resampler: av.AudioResampler | None = None
+        self._fifo: av.AudioFifo | None = None
         self._source: tuple[str, str, int] | None = None
+        self.pending_seconds = 0.0
+        """Input gathered but not yet resampled, in seconds of audio."""
 
     def resample(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
-        """(S,) float32 chunks of ``frame``, or what is left when ``frame`` is ``None``."""
+        """(S,) float32 chunks ready after ``frame``, or everything left when ``frame`` is ``None``.
+
+        Most calls return nothing: output comes once `RESAMPLE_CHUNK` input samples are
+        gathered, when the input format changes, and at the end.
+        """
         if frame is None:
             return self._flush()
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
         chunks = self._flush() if source != self._source else []
-        if self._resampler is None:
+        if self._fifo is None:
+            self._fifo, self._source = av.AudioFifo(), source
             self._resampler = av.AudioResampler(
                 format="fltp", layout="mono", rate=self.rate, options=_DOWNMIX_AVERAGE
             )
-            self._source = source
-        chunks.extend(out.to_ndarray()[0] for out in self._resampler.resample(frame))
+        frame.pts = None  # the fifo checks that timestamps are contiguous; they need not be
+        self._fifo.write(frame)
+        self.pending_seconds = self._fifo.samples / frame.sample_rate
+        if self._fifo.samples >= RESAMPLE_CHUNK:
+            chunks.extend(self._drain(False))
         return chunks
 
+    def _drain(self, end: bool) -> list[np.ndarray]:
+        """Resample what the fifo holds; ``end`` also flushes the resampler's delay line."""
+        assert self._fifo is not None and self._resampler is not None
+        gathered = self._fifo.read()
+        self.pending_seconds = 0.0
+        frames = [] if gathered is None else self._resampler.resample(gathered)
+        if end:
+            frames += self._resampler.resample(None)
+        return [out.to_ndarray()[0] for out in frames]
+
     def _flush(self) -> list[np.ndarray]:
-        if self._resampler is None:
+        if self._fifo is None:
             return []
-        chunks = [out.to_ndarray()[0] for out in self._resampler.resample(None)]
-        self._resampler = None
+        chunks = self._drain(True)
+        self._fifo = self._resampler = None
         return chunks
 
 
@@ -81,6 +111,8 @@ def _decode_chunks(
     """Mono chunks of the first audio stream until ``limit`` samples (``None``: the end)."""
     stream = _audio_stream(container, key)
     mono = MonoResampler(sample_rate)
+    margin = sample_rate // 10  # past the resampler's delay: the first ``limit`` samples are
+    # those of the whole stream, unchanged by the flush's zero padding at the cut
     chunks: list[np.ndarray] = []
     total = bad = 0
     for packet in container.demux(stream):
@@ -97,8 +129,8 @@ def _decode_chunks(
             for chunk in mono.resample(frame):
                 chunks.append(chunk)
                 total += chunk.shape[0]
-        if limit is not None and total >= limit:
-            return chunks
+        if limit is not None and total + mono.pending_seconds * sample_rate >= limit + margin:
+            break
     return chunks + mono.resample(None)
 
 

@@ -1,0 +1,62 @@
+"""Chunked resampling in `decode_audio` gives exactly the samples of resampling frame by frame."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from modaloom.modalities import audio_decode
+from modaloom.modalities.audio_decode import decode_audio
+
+
+def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
+    """FFmpeg's resampler called on every decoded frame, restarted when the format changes."""
+    chunks: list[np.ndarray] = []
+    resampler, source = None, None
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(audio=0):
+            if (frame.format.name, frame.layout.name, frame.sample_rate) != source:
+                if resampler is not None:
+                    chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
+                source = (frame.format.name, frame.layout.name, frame.sample_rate)
+                resampler = av.AudioResampler(
+                    format="fltp", layout="mono", rate=rate, options={"rematrix_maxval": "1.0"}
+                )
+            chunks += [out.to_ndarray()[0] for out in resampler.resample(frame)]
+    assert resampler is not None
+    chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
+    return np.concatenate(chunks)
+
+
+@pytest.fixture(scope="module")
+def joined_aac(make_audio, media_dir: Path) -> bytes:
+    """3 s of 44.1 kHz stereo AAC then 2 s of 22.05 kHz mono AAC, one ADTS stream."""
+    parts = [
+        make_audio(
+            media_dir / "a.aac",
+            format="adts",
+            codec="aac",
+            seconds=3.0,
+            rate=44100,
+            layout="stereo",
+        ),
+        make_audio(media_dir / "b.aac", format="adts", codec="aac", seconds=2.0, rate=22050),
+    ]
+    return b"".join(part.read_bytes() for part in parts)
+
+
+@pytest.mark.parametrize("chunk", [audio_decode.RESAMPLE_CHUNK, 3000], ids=["default", "small"])
+def test_chunked_resampling_equals_per_frame(joined_aac, chunk, monkeypatch):
+    monkeypatch.setattr(audio_decode, "RESAMPLE_CHUNK", chunk)
+    expected = per_frame_reference(joined_aac)
+    assert np.array_equal(decode_audio(joined_aac).numpy(), expected)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.9, 4.0])
+def test_max_seconds_gives_the_first_samples_of_the_whole_stream(joined_aac, seconds):
+    expected = per_frame_reference(joined_aac)[: round(seconds * 16000)]
+    assert np.array_equal(decode_audio(joined_aac, max_seconds=seconds).numpy(), expected)
