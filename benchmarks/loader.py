@@ -12,11 +12,14 @@ run. Two sources over the same data:
   reads every sample's tar headers and decodes only its own micro-batches.
 
 A few samples are decoded before timing (first decodes in a process are slow); each setting runs
-``--repeats`` times and the best rate is kept (other jobs on a shared machine add noise). Times
-include starting the workers; ``first batch`` is the latency to the first micro-batch. The
-main process runs with ``--threads`` torch threads (default 1, what DataLoader workers use), so
-0 workers is a fair baseline: on a busy 2-core machine, torch's default intra-op threads made the
-audio filterbank about 6x slower in the main process (30 ms instead of 5 ms per clip).
+``--repeats`` times and the best rate is kept (other jobs on a shared machine add noise).
+Rates counted after each worker's first micro-batch are the loader's throughput once running
+(``samples/s``, the ratio users see over a training run, where workers start once);
+``incl. start`` counts from creating the loader, and ``first batch`` is the latency to the
+first micro-batch. The main process runs with ``--threads`` torch threads (default 1, what
+DataLoader workers use), so 0 workers is a fair baseline: on a busy 2-core machine, torch's
+default intra-op threads made the audio filterbank about 6x slower in the main process
+(30 ms instead of 5 ms per clip).
 
 Usage: ``python benchmarks/loader.py [--help]``.
 """
@@ -68,19 +71,25 @@ def warm_up(source: Source, procs: dict[str, Processor], count: int) -> None:
 
 def measure(
     source: Source, procs: dict[str, Processor], workers: int, batch_size: int, micro_batches: int
-) -> tuple[float, float]:
-    """(samples per second, seconds to the first micro-batch) of one loader run."""
+) -> tuple[float, float, float]:
+    """(samples per second once running, samples per second from the start, seconds to the
+    first micro-batch) of one loader run. Once running counts from the arrival of each worker's
+    first micro-batch (workers start together, so their first batches arrive together), leaving
+    out starting the workers, which a training run does once."""
     plan = StreamPlan(
         ["digits"], [1.0], [len(source) if source.is_map_style else None], 0, batch_size
     )
     stream = TrainStream([source], plan, SampleDecoder(procs, train=True), stop=micro_batches)
     started = time.perf_counter()
-    first, samples = 0.0, 0
+    first, running, running_size, samples = 0.0, 0.0, 0, 0
     for index, batch in enumerate(make_train_loader(stream, workers)):
+        samples += len(batch["__keys__"])
         if index == 0:
             first = time.perf_counter() - started
-        samples += len(batch["__keys__"])
-    return samples / (time.perf_counter() - started), first
+        if index == max(workers, 1) - 1:
+            running, running_size = time.perf_counter() - started, samples
+    elapsed = time.perf_counter() - started
+    return (samples - running_size) / (elapsed - running), samples / elapsed, first
 
 
 def main() -> None:
@@ -118,7 +127,10 @@ def main() -> None:
         f"thread(s) in the main process; batch {args.batch_size} x {args.micro_batches} "
         f"micro-batches per run, best of {args.repeats}"
     )
-    print(f"{'source':<11} {'workers':>7} {'samples/s':>10} {'vs 0':>6} {'first batch':>12}")
+    print(
+        f"{'source':<11} {'workers':>7} {'samples/s':>10} {'vs 0':>6} {'incl. start':>12} "
+        f"{'vs 0':>6} {'first batch':>12}"
+    )
     for name, source in sources.items():
         procs = processors(source, args.frames, args.size)
         warm_up(source, procs, args.batch_size)
@@ -128,10 +140,16 @@ def main() -> None:
                 measure(source, procs, workers, args.batch_size, args.micro_batches)
                 for _ in range(args.repeats)
             ]
-            rate, first = max(runs)
-            baseline = rate if workers == 0 else baseline
-            ratio = f"{rate / baseline:.2f}x" if baseline else "-"
-            print(f"{name:<11} {workers:>7} {rate:>10.1f} {ratio:>6} {first:>10.2f} s")
+            steady, overall, first = max(runs)
+            baseline = (steady, overall) if workers == 0 else baseline
+            ratios = [
+                f"{new / old:.2f}x" if baseline else "-"
+                for new, old in zip((steady, overall), baseline or (1.0, 1.0), strict=True)
+            ]
+            print(
+                f"{name:<11} {workers:>7} {steady:>10.1f} {ratios[0]:>6} {overall:>12.1f} "
+                f"{ratios[1]:>6} {first:>10.2f} s"
+            )
 
 
 if __name__ == "__main__":

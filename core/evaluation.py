@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from modaloom.core import distributed
 from modaloom.core.compose import FeatureCache, LoomModel
-from modaloom.core.data import EvalStream, SampleDecoder
+from modaloom.core.data import EvalStream, SampleDecoder, send_tensors_by_name
 from modaloom.core.errors import SpecError
 from modaloom.core.interfaces import Batch, Objective, Processor, Source
 from modaloom.core.registry import Registry
@@ -58,6 +58,7 @@ class EvalContext:
             batch_size=None,
             num_workers=self.num_workers,
             generator=torch.Generator(),  # leaves the global RNG (training's dropout) untouched
+            worker_init_fn=send_tensors_by_name,
         )
         for batch in loader:
             batch.pop("__skipped__", None)

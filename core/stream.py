@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from modaloom.core.data import SampleDecoder
+from modaloom.core.data import SampleDecoder, send_tensors_by_name
 from modaloom.core.errors import DataError
 from modaloom.core.interfaces import Batch, RawSample, Source
 
@@ -277,7 +277,8 @@ def make_train_loader(stream: TrainStream, num_workers: int, seed: int = 0) -> D
     """A DataLoader that keeps the stream's order (workers take micro-batches in turn).
 
     It has its own generator, so creating it never consumes the global torch RNG (a resumed run
-    would otherwise draw different dropout masks).
+    would otherwise draw different dropout masks). Workers send batches by name
+    (`send_tensors_by_name`).
     """
     return DataLoader(
         stream,
@@ -286,4 +287,5 @@ def make_train_loader(stream: TrainStream, num_workers: int, seed: int = 0) -> D
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=send_tensors_by_name,
     )

@@ -209,3 +209,21 @@ def test_split_source_resume_needs_the_same_readers_and_split() -> None:
     assert str(info.value) == (
         "the plan splits sources among 2 workers per process, but the DataLoader has 1"
     )
+
+
+class StrategyProcessor(KeyProcessor):
+    """Records the tensor sharing strategy of the process that decodes the sample."""
+
+    def process(self, value: Any, *, key: str, train: bool, rng: random.Random) -> dict:
+        strategy = torch.multiprocessing.get_sharing_strategy()
+        return {"value": torch.tensor([strategy == "file_system", len(value)])}
+
+
+def test_workers_send_tensors_by_name_and_leave_the_main_process_alone() -> None:
+    before = torch.multiprocessing.get_sharing_strategy()
+    plan = StreamPlan(["s"], [1.0], [10], seed=3, batch_size=4)
+    decoder = SampleDecoder({"text": StrategyProcessor()}, train=True)
+    stream = TrainStream([Listed(10)], plan, decoder, stop=4)
+    in_workers = [b["text"]["value"][:, 0].tolist() for b in make_train_loader(stream, 2)]
+    assert in_workers == [[1, 1, 1, 1]] * 4
+    assert torch.multiprocessing.get_sharing_strategy() == before == "file_descriptor"
