@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from modaloom.core.errors import ModaloomError
 from modaloom.core.init_from import InitReport, InitSource, apply_init_from, resolve_source
 from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
+from modaloom.core.optimizer_step import OptimizerStep
 from modaloom.core.registry import Registry
 from modaloom.core.run_dir import ARTIFACTS_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from modaloom.core.spec import spec_to_tree
@@ -119,6 +120,11 @@ class TrainingSession:
     @property
     def metrics_path(self) -> Path:
         return self.output_dir / METRICS_FILE
+
+    @cached_property
+    def optimizer_step(self) -> OptimizerStep:
+        """Clip, step the optimizer and the scheduler, zero the gradients."""
+        return OptimizerStep(self.accelerator, self.optimizer, self.scheduler)
 
     @property
     def unwrapped(self) -> LoomModel:
@@ -244,13 +250,8 @@ class TrainingSession:
             # which the optimizer step below changes in place before the terms are logged
             terms = {name: value.detach().clone() for name, value in output.terms.items()}
             acc.backward(output.loss)
-            if acc.sync_gradients:  # without clipping, max_norm inf only measures the norm
-                limit = math.inf if train.max_grad_norm is None else train.max_grad_norm
-                self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), limit)
-            self.optimizer.step()
             if acc.sync_gradients:
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                self.grad_norm = self.optimizer_step(self.model.parameters(), train.max_grad_norm)
         return terms, output.loss
 
     def note_skipped(self, batch: Batch) -> None:
