@@ -20,7 +20,11 @@ from modaloom.core.hookspecs import hookimpl
 from modaloom.core.interfaces import Objective
 from modaloom.core.registry import Registry
 from modaloom.core.spec_models import ObjectiveSpec, Reference
-from modaloom.objectives.losses import label_equality, soft_cross_entropy
+from modaloom.objectives.losses import (
+    label_equality,
+    similarity_contrastive_loss,
+    soft_cross_entropy,
+)
 
 
 def contrastive_loss(
@@ -40,9 +44,11 @@ def contrastive_loss(
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"a and b must both be (B, D), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if labels is None:  # one positive per row: cross-entropy against the diagonal
+        return similarity_contrastive_loss(a @ b.T, temperature)
     logits = a @ b.T / temperature
     eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
-    positives = eye if labels is None else label_equality(labels, labels) | eye
+    positives = label_equality(labels, labels) | eye
     targets = positives.to(logits.dtype)
     targets = targets / targets.sum(dim=1, keepdim=True)
     # positives is symmetric, so the same normalised rows serve the b->a direction.
@@ -158,11 +164,14 @@ class ITC(TwoTower):
             za, zb, keep = gather_with_grad(za), gather_with_grad(zb), gather_no_grad(keep)
             labels = gather_no_grad(labels) if labels is not None else None
         temperature = self.temperature()
-        if int(keep.sum()) < 2:
+        count = int(keep.sum())
+        if count < 2:
             return {"itc_loss": 0.0 * (za.sum() + zb.sum()), "temperature": temperature.detach()}
-        if labels is not None:
-            labels = labels[keep]  # negative = caption pair, a positive of itself only
-        loss = contrastive_loss(za[keep], zb[keep], temperature, labels=labels)
+        if count < keep.numel():  # boolean indexing costs ~0.1 ms a step forward and backward
+            za, zb = za[keep], zb[keep]
+            labels = labels[keep] if labels is not None else None
+        # a negative label is a caption pair's own: a positive of itself only
+        loss = contrastive_loss(za, zb, temperature, labels=labels)
         return {"itc_loss": loss, "temperature": temperature.detach()}
 
 

@@ -71,7 +71,7 @@ from modaloom.objectives.fine_grained_similarity import (
     group_similarity,
     join,
 )
-from modaloom.objectives.losses import zero_loss_like
+from modaloom.objectives.losses import similarity_contrastive_loss, zero_loss_like
 
 __all__ = ["MGA", "MGASpec", "frame_features", "similarity_contrastive_loss"]
 
@@ -176,17 +176,6 @@ def frame_features(
         f"cannot split {tokens} tokens of dimension {dim} into {frames} frames or clips; give the "
         "component a tokens_per_frame attribute"
     )
-
-
-def similarity_contrastive_loss(similarity: Tensor, temperature: float | Tensor) -> Tensor:
-    """Symmetric InfoNCE (SPEC B1) over a precomputed (B, B) score matrix, pairs on the diagonal.
-
-    Equals `functional.contrastive_loss(a, b, tau)` when ``similarity = a @ b.T``; that function
-    takes features, and MGA's scores are not a dot product of two feature matrices.
-    """
-    logits = similarity / temperature
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 class MGA(Objective):

@@ -63,3 +63,21 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """
     kept = torch.where(mask, values, torch.zeros_like(values))
     return kept.sum() / mask.sum().clamp(min=1)
+
+
+def similarity_contrastive_loss(similarity: Tensor, temperature: float | Tensor) -> Tensor:
+    """Symmetric InfoNCE (SPEC B1) over a precomputed (B, B) score matrix, pairs on the diagonal.
+
+    `contrastive_loss` without labels is this over ``a @ b.T``; MGA's scores are not a dot
+    product of two feature matrices, so it calls this directly.
+
+    Args:
+        similarity: (B, B) scores of row i against column j.
+        temperature: tau; logits are ``similarity / tau``.
+
+    Returns:
+        Scalar, the mean of the row-wise and column-wise cross-entropies.
+    """
+    logits = similarity / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
