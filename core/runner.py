@@ -212,11 +212,12 @@ class TrainingSession:
         loader = make_train_loader(stream, self.spec.data.num_workers, seed=train.seed + index)
         self.model.train()
         unwrapped = self.unwrapped  # once: Accelerate's unwrap_model costs ~0.2 ms a call
+        parameters = list(self.model.parameters())  # once: walking the modules costs ~0.2 ms
         step_loss, micro, last = torch.zeros(()), 0, float("nan")
         started = time.perf_counter()
         for batch in loader:
             self.note_skipped(batch)
-            terms, loss = self.micro_step(batch)
+            terms, loss = self.micro_step(batch, parameters)
             step_loss += loss.detach().float().cpu() / train.gradient_accumulation
             micro += 1
             for _ in range(acc.num_processes):
@@ -236,8 +237,15 @@ class TrainingSession:
             step_loss = torch.zeros(())
         return last
 
-    def micro_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Forward and backward of one micro-batch; the optimizer steps on the last one."""
+    def micro_step(
+        self, batch: Batch, parameters: list[torch.nn.Parameter]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Forward and backward of one micro-batch; the optimizer steps on the last one.
+
+        Args:
+            batch: the micro-batch, as the loader gives it.
+            parameters: the model's parameters, whose gradients are clipped.
+        """
         acc, train = self.accelerator, self.spec.train
         batch = send_to_device(batch, acc.device, skip_keys=list(METADATA_KEYS))
         source = self.spec.data.sources.get(batch.get("__source__", ""))
@@ -251,7 +259,7 @@ class TrainingSession:
             terms = {name: value.detach().clone() for name, value in output.terms.items()}
             acc.backward(output.loss)
             if acc.sync_gradients:
-                self.grad_norm = self.optimizer_step(self.model.parameters(), train.max_grad_norm)
+                self.grad_norm = self.optimizer_step(parameters, train.max_grad_norm)
         return terms, output.loss
 
     def note_skipped(self, batch: Batch) -> None:
