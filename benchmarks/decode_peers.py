@@ -1,4 +1,4 @@
-"""`benchmarks/decode.py --peers`: modaloom's video decoding against decord2 and torchcodec.
+"""`benchmarks/decode.py --peers`: modaloom's video and audio decoding against decord2, torchcodec.
 
 Each peer decodes the same clip at the same frame indices (the frames on screen at the targets
 `decode_video` samples, a constant frame rate starting at 0), single-threaded, to (T, 3, H, W)
@@ -6,12 +6,12 @@ uint8 RGB at full resolution; each row's first clip is asserted to decode to the
 modaloom's before any timing. Contenders run interleaved (each repeat times every contender in
 turn) and the median clips per second is reported with modaloom / peer. A peer that is not
 installed, or whose libraries cannot load (torchcodec needs FFmpeg's shared libraries on the
-system), is skipped with a printed line.
+system; ``benchmarks/pyav_ffmpeg.py`` serves PyAV's own), is skipped with a printed line.
 
-Audio peers decode the same file at 16 kHz keeping its channels and average them (decord2's
-`AudioReader(mono=False)`, torchcodec's `AudioDecoder`; their own mono downmix is FFmpeg's
-default, 1/sqrt(2) per channel, where modaloom averages), asserted equal to modaloom's samples
-within 1e-6; each peer's waveform then goes through the same
+Audio peers decode the benchmark's stereo file to 16 kHz mono their own fastest way
+(decord2's ``AudioReader(mono=True)``, torchcodec's ``AudioDecoder(num_channels=1)``), which is
+FFmpeg's default downmix, (L + R) / sqrt(2), where modaloom averages; their samples are divided by
+sqrt(2) (`STEREO_DOWNMIX`), asserted equal to modaloom's within 1e-6, and go through the same
 `AudioProcessor` (Kaldi fbank) as modaloom's, so a row compares spectrograms per second.
 """
 
@@ -31,6 +31,8 @@ from modaloom.modalities.video_decode import decode_frames_at
 
 Decode = Callable[[bytes, list[int]], torch.Tensor]
 F = TypeVar("F")
+STEREO_DOWNMIX = math.sqrt(2.0)
+"""FFmpeg's default stereo-to-mono mix, (L + R) / sqrt(2), over an average, (L + R) / 2."""
 DecodeAudio = Callable[[bytes, int], torch.Tensor]
 """(file bytes, output rate) -> (S,) float32 mono samples."""
 
@@ -59,8 +61,8 @@ def _decord_audio() -> DecodeAudio:
     import decord  # decord2's module (optional, the [bench] extra)
 
     def decode(data: bytes, rate: int) -> torch.Tensor:
-        reader = decord.AudioReader(io.BytesIO(data), sample_rate=rate, mono=False)
-        return torch.from_numpy(reader[:].asnumpy()).mean(0)
+        reader = decord.AudioReader(io.BytesIO(data), sample_rate=rate, mono=True)
+        return torch.from_numpy(reader[:].asnumpy())[0] / STEREO_DOWNMIX
 
     return decode
 
@@ -69,7 +71,8 @@ def _torchcodec_audio() -> DecodeAudio:
     from torchcodec.decoders import AudioDecoder  # optional, the [bench] extra
 
     def decode(data: bytes, rate: int) -> torch.Tensor:
-        return AudioDecoder(data, sample_rate=rate).get_all_samples().data.mean(0)
+        decoder = AudioDecoder(data, sample_rate=rate, num_channels=1)
+        return decoder.get_all_samples().data[0] / STEREO_DOWNMIX
 
     return decode
 

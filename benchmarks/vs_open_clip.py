@@ -17,7 +17,7 @@ default number of threads; repeats are interleaved and the medians of ms/step re
 open_clip is optional (``pip install -e '.[bench]'``); without it that contender is skipped. No
 pretrained weights are downloaded: the model is built from config dicts.
 
-    python benchmarks/vs_open_clip.py --repeats 3
+    python benchmarks/vs_open_clip.py
     python benchmarks/vs_open_clip.py --size base --steps 5 --warmup 1 --repeats 3
 
 ``--size base``: both towers 384 wide, 6 layers, 6 heads, MLP 1536, patch 16, 224 px, batch 16
@@ -226,9 +226,9 @@ def median_ms(times: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of each loop")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps of each loop")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved; medians reported")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     args = parser.parse_args()
     size, total = SIZES[args.size], args.warmup + args.steps
