@@ -161,12 +161,16 @@ class SeekSampler:
         self._queue: deque[av.VideoFrame] = deque()
         self._eof = True
         self._budget = 0
+        self._targets: list[float] = []  # the times being sampled, ascending
+        self._seen: list[float] = []  # display times of the packets demuxed since the seek
+        self._skipping = False  # whether the decoder skips non-reference frames
         self.seeks = 0
         self.decoded = 0
 
     def sample(self, times: Sequence[float]) -> list[Decoded]:
         """The frame on screen at each time (in the order given)."""
         result: dict[int, Decoded] = {}
+        self._targets = sorted(times)
         for index in sorted(range(len(times)), key=times.__getitem__):
             self._budget = self._max_packets
             result[index] = self._frame_at(times[index])
@@ -214,6 +218,7 @@ class SeekSampler:
                     self._keys, self._indexed = indexed, True
             self._packets, self._eof = self._container.demux(self._stream), False
             self._queue.clear()
+            self._seen.clear()
             self._cur, self._ahead = None, self._next()
             if self._ahead is None and target > 0.0:
                 continue  # landed past the last frame: step back
@@ -236,12 +241,36 @@ class SeekSampler:
                 )
             if packet.is_keyframe and packet.pts is not None:
                 self._note_keyframe(packet.pts, packet.dts)
+            self._skip_if_hidden(packet)
             self._queue.extend(self._stream.codec_context.decode(packet))
         frame = self._queue.popleft()
         if frame.pts is None:
             raise NoTimestamps
         self.decoded += 1
         return Decoded(self._line.seconds(frame.pts), frame)
+
+    def _skip_if_hidden(self, packet: av.Packet) -> None:
+        """Let the decoder skip ``packet``'s frame if it is a non-reference frame never shown.
+
+        The frame is hidden when it is shown after every target, or when a packet already
+        demuxed holds a later frame shown at or before the first target at or after it: the
+        frame on screen at any target is never this one. No other frame is predicted from a
+        non-reference frame (most B-frames), so skipping it leaves every returned frame
+        unchanged; reference frames are always decoded. On 10 s 224p H.264 with a keyframe
+        every 10 s this decodes 8 frames 1.3x as fast (``benchmarks/decode.py``).
+        """
+        hidden = False
+        if packet.pts is not None:
+            shown = self._line.seconds(packet.pts)
+            first = bisect.bisect_left(self._targets, shown - EPS)
+            later = bisect.bisect_right(self._seen, shown)
+            hidden = first == len(self._targets) or (
+                later < len(self._seen) and self._seen[later] <= self._targets[first] + EPS
+            )
+            bisect.insort(self._seen, shown)
+        if hidden != self._skipping:
+            self._stream.codec_context.skip_frame = "NONREF" if hidden else "DEFAULT"
+            self._skipping = hidden
 
     def _note_keyframe(self, pts: int, dts: int | None) -> None:
         """Learn the reorder delay from a keyframe packet, and its time when not indexed."""

@@ -390,3 +390,24 @@ def test_registers_the_video_modality():
     assert component.config is VideoSpec and component.factory is make_video_processor
     assert component.description == "PyAV video decoding with seek-based frame sampling"
     assert isinstance(component.factory(VideoSpec(), DataContext()), VideoProcessor)
+
+
+def test_hidden_non_reference_frames_are_not_decoded(
+    make_video, tmp_path, frame_index, monkeypatch
+):
+    """B-frames that no target shows are skipped by the decoder: same frames, fewer decoded."""
+    path = make_video(tmp_path / "longgop.mp4", format="mp4", codec="libx264", gop=300)
+    times = sample_timestamps(3.0, 8)
+
+    def sample() -> tuple[list[int], int]:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            sampler = SeekSampler(container, stream, timeline(container, stream), "k", 1000)
+            frames = sampler.sample(times)
+        return [frame_index(f.rgb()) for f in frames], sampler.decoded
+
+    skipping, decoded = sample()
+    monkeypatch.setattr(SeekSampler, "_skip_if_hidden", lambda self, packet: None)
+    every, all_decoded = sample()
+    assert skipping == every == [4, 14, 23, 32, 42, 51, 60, 70]
+    assert decoded <= 0.75 * all_decoded  # 44 of 72 with libx264 core 165
