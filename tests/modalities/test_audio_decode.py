@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from modaloom.modalities import audio_decode
-from modaloom.modalities.audio_decode import decode_audio
+from modaloom.modalities.audio_decode import average_planar_stereo, decode_audio
 
 
 def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
-    """FFmpeg's resampler called on every decoded frame, restarted when the format changes."""
+    """FFmpeg's resampler called on every decoded frame (planar stereo averaged first),
+    restarted when the format changes."""
     chunks: list[np.ndarray] = []
     resampler, source = None, None
     with av.open(io.BytesIO(data)) as container:
@@ -26,7 +27,8 @@ def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
                 resampler = av.AudioResampler(
                     format="fltp", layout="mono", rate=rate, options={"rematrix_maxval": "1.0"}
                 )
-            chunks += [out.to_ndarray()[0] for out in resampler.resample(frame)]
+            mono = audio_decode.average_planar_stereo(frame)
+            chunks += [out.to_ndarray()[0] for out in resampler.resample(mono)]
     assert resampler is not None
     chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
     return np.concatenate(chunks)
@@ -60,3 +62,26 @@ def test_chunked_resampling_equals_per_frame(joined_aac, chunk, monkeypatch):
 def test_max_seconds_gives_the_first_samples_of_the_whole_stream(joined_aac, seconds):
     expected = per_frame_reference(joined_aac)[: round(seconds * 16000)]
     assert np.array_equal(decode_audio(joined_aac, max_seconds=seconds).numpy(), expected)
+
+
+def test_planar_stereo_is_averaged_as_ffmpeg_averages_it(joined_aac):
+    """Averaging before resampling equals FFmpeg's mix after resampling, to float rounding."""
+    with av.open(io.BytesIO(joined_aac)) as container:
+        frames = [frame for frame in container.decode(audio=0) if frame.layout.name == "stereo"]
+    fifo = av.AudioFifo()
+    for frame in frames:
+        frame.pts = None
+        fifo.write(frame)
+    stereo = fifo.read()
+    assert stereo.format.name == "fltp"
+    resampled = []
+    for frame, options in (
+        (stereo, {"rematrix_maxval": "1.0"}),
+        (average_planar_stereo(stereo), {}),
+    ):
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=16000, options=options)
+        outs = resampler.resample(frame) + resampler.resample(None)
+        resampled.append(np.concatenate([out.to_ndarray()[0] for out in outs]))
+    ffmpeg, ours = resampled
+    assert ours.shape == ffmpeg.shape
+    np.testing.assert_allclose(ours, ffmpeg, rtol=0, atol=3e-7)
