@@ -391,6 +391,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy the process group a command joined (torchrun), before the interpreter exits.
+
+    Left to the interpreter's shutdown, the group's threads can be destroyed while still
+    joinable, which aborts the process after its work is done ("terminate called without an
+    active exception", exit -6: seen once on rank 0 of a finished 2-rank resume in CI-clone
+    runs). torch is only asked when a command imported it.
+    """
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
