@@ -1,10 +1,12 @@
 """`benchmarks/decode.py --peers`: modaloom's video and audio decoding against decord2, torchcodec.
 
 Each peer decodes the same clip at the same frame indices (the frames on screen at the targets
-`decode_video` samples, a constant frame rate starting at 0), single-threaded, to (T, 3, H, W)
-uint8 RGB at full resolution; each row's first clip is asserted to decode to the same pixels as
-modaloom's before any timing. Contenders run interleaved (each repeat times every contender in
-turn) and the median clips per second is reported with modaloom / peer. A peer that is not
+`decode_video` samples, a constant frame rate starting at 0), single-threaded, to a contiguous
+(T, 3, H, W) uint8 RGB tensor at full resolution, as `decode_frames_at` returns (decord2 gives
+(T, H, W, 3) and torchcodec a channels-last view, so each is made contiguous); each row's
+first clip is asserted to decode to the same pixels as modaloom's before any timing. Contenders
+run interleaved (each repeat times every contender in turn) and the median clips per second is
+reported with modaloom / peer. A peer that is not
 installed, or whose libraries cannot load (torchcodec needs FFmpeg's shared libraries on the
 system; ``benchmarks/pyav_ffmpeg.py`` serves PyAV's own), is skipped with a printed line.
 
@@ -42,7 +44,9 @@ def _decord() -> Decode:
 
     def decode(clip: bytes, indices: list[int]) -> torch.Tensor:
         reader = decord.VideoReader(io.BytesIO(clip), num_threads=1)
-        return torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
+        return (
+            torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2).contiguous()
+        )
 
     return decode
 
@@ -52,7 +56,7 @@ def _torchcodec() -> Decode:
 
     def decode(clip: bytes, indices: list[int]) -> torch.Tensor:
         decoder = VideoDecoder(clip, seek_mode="exact", num_ffmpeg_threads=1)
-        return decoder.get_frames_at(indices).data
+        return decoder.get_frames_at(indices).data.contiguous()  # a channels-last view
 
     return decode
 
