@@ -126,6 +126,14 @@ def interleaved(
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def report_row(label: str, unit: str, rates: dict[str, float]) -> float:
+    """Print one row of ``rates`` (modaloom's and each peer's) and return modaloom / best peer."""
+    best = max(rate for name, rate in rates.items() if name != "modaloom")
+    shown = " | ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
+    print(f"  peers {label}: {shown} {unit} | modaloom/best {rates['modaloom'] / best:.2f}x")
+    return rates["modaloom"] / best
+
+
 def compare_video(
     clip: bytes,
     fps: int,
@@ -151,14 +159,7 @@ def compare_video(
     }
     for name, peer in peers.items():
         works[name] = lambda i, peer=peer: peer(clip, indices(i))  # type: ignore[misc]
-    rates = interleaved(works, count, repeats)
-    best = max(rate for name, rate in rates.items() if name != "modaloom")
-    shown = " | ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
-    print(
-        f"  peers {label}: {shown} clips/s (same frames asserted) | modaloom/best "
-        f"{rates['modaloom'] / best:.2f}x"
-    )
-    return rates["modaloom"] / best
+    return report_row(label, "clips/s (same frames asserted)", interleaved(works, count, repeats))
 
 
 def compare_audio(
@@ -185,10 +186,4 @@ def compare_audio(
     for name, peer in peers.items():
         works[name] = lambda i, peer=peer: spectrograms((peer(data, 16000), 16000))  # type: ignore[misc]
     rates = interleaved(works, count, repeats)
-    best = max(rate for name, rate in rates.items() if name != "modaloom")
-    shown = " | ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
-    print(
-        f"  peers audio: {shown} spectrograms/s (same samples asserted) | modaloom/best "
-        f"{rates['modaloom'] / best:.2f}x"
-    )
-    return rates["modaloom"] / best
+    return report_row("audio", "spectrograms/s (same samples asserted)", rates)

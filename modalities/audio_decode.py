@@ -56,10 +56,10 @@ class MonoResampler:
 
     Frames are gathered in an `av.AudioFifo` and resampled `RESAMPLE_CHUNK` samples at a time,
     which gives the same output as resampling each frame; planar float stereo is averaged first
-    (`average_planar_stereo`). Streams made by concatenating files
-    change sample rate, channel layout or sample format mid-stream; one FFmpeg resampler takes a
-    single input format, so the gathered frames are resampled and flushed and a new resampler
-    starts whenever a frame's format differs from the previous frame's.
+    (`average_planar_stereo`). Streams made by concatenating files change sample rate, channel
+    layout or sample format mid-stream; one FFmpeg resampler takes a single input format, so the
+    gathered frames are resampled and flushed and a new resampler starts whenever a frame's
+    format differs from the previous frame's.
     """
 
     def __init__(self, rate: int) -> None:
@@ -67,8 +67,13 @@ class MonoResampler:
         self._resampler: av.AudioResampler | None = None
         self._fifo: av.AudioFifo | None = None
         self._source: tuple[str, str, int] | None = None
-        self.pending_seconds = 0.0
+
+    @property
+    def pending_seconds(self) -> float:
         """Input gathered but not yet resampled, in seconds of audio."""
+        if self._fifo is None or self._source is None:
+            return 0.0
+        return self._fifo.samples / self._source[2]
 
     def resample(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         """(S,) float32 chunks ready after ``frame``, or everything left when ``frame`` is ``None``.
@@ -87,7 +92,6 @@ class MonoResampler:
             )
         frame.pts = None  # the fifo checks that timestamps are contiguous; they need not be
         self._fifo.write(frame)
-        self.pending_seconds = self._fifo.samples / frame.sample_rate
         if self._fifo.samples >= RESAMPLE_CHUNK:
             chunks.extend(self._drain(False))
         return chunks
@@ -96,7 +100,6 @@ class MonoResampler:
         """Resample what the fifo holds; ``end`` also flushes the resampler's delay line."""
         assert self._fifo is not None and self._resampler is not None
         gathered = self._fifo.read()
-        self.pending_seconds = 0.0
         frames = (
             [] if gathered is None else self._resampler.resample(average_planar_stereo(gathered))
         )
