@@ -17,6 +17,7 @@ from modaloom.core.demo import DEMO_PRESETS
 from modaloom.core.errors import ModaloomError, SpecError
 from modaloom.core.plugins import default_registry
 from modaloom.core.portable import provided_by
+from modaloom.core.process_exit import exit_launched_process, leave_process_group
 from modaloom.core.spec import build_spec_class, load_spec
 
 if TYPE_CHECKING:
@@ -377,12 +378,27 @@ def user_message(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``modaloom`` script."""
+    """Entry point of the ``modaloom`` script.
+
+    A rank started by a launcher leaves through `exit_launched_process` once its command has
+    returned (see `modaloom.core.process_exit`); an unexpected exception still propagates.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    try:
+        code = run_command(args)
+    finally:
+        launched = leave_process_group()
+    if launched:
+        exit_launched_process(code)
+    return code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the sub-command; a user mistake prints one line and gives `EXIT_USER_ERROR`."""
     try:
         return COMMANDS[args.command](args)
     except (ModaloomError, pluggy.PluginValidationError) as exc:
@@ -391,21 +407,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        leave_process_group()
-
-
-def leave_process_group() -> None:
-    """Destroy the process group a command joined (torchrun), before the interpreter exits.
-
-    Left to the interpreter's shutdown, the group's threads can be destroyed while still
-    joinable, which aborts the process after its work is done ("terminate called without an
-    active exception", exit -6: seen once on rank 0 of a finished 2-rank resume in CI-clone
-    runs). torch is only asked when a command imported it.
-    """
-    distributed = sys.modules.get("torch.distributed")
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

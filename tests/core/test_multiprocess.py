@@ -66,7 +66,8 @@ def launch(args: list[str], processes: int, expect: int = 0) -> str:
         stderr, after checking that the exit status is ``expect``.
     """
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # a rank that aborts prints the Python stack of each thread (PYTHONFAULTHANDLER)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     if processes == 1:
         command = [sys.executable, "-m", "modaloom", *args]
     else:
