@@ -3,8 +3,9 @@
 Targets are handled in time order. For each one the sampler either keeps decoding forward
 from where it is (when no keyframe lies between the current position and the target, so a
 seek could only land at or before the current position) or seeks to the keyframe at or before
-the target and decodes forward until the frame after the target appears. The frame returned
-for ``t`` is the frame on screen at ``t``: the last one whose presentation time is ``<= t``.
+the target and decodes forward to it. The frame returned for ``t`` is the frame on screen at
+``t``: the last one whose presentation time is ``<= t``. The frame after it is decoded only when
+the packets cannot show that none is shown by ``t`` (`SeekSampler._shown_until`).
 Keyframe positions come from the container's index (mp4, mkv/webm cues, avi); without an
 index, from the keyframes met while decoding plus a short fixed window (`UNKNOWN_GOP_WINDOW`).
 An mp4 index holds decode times, which precede display times by the reorder delay of B-frames
@@ -36,6 +37,8 @@ _SEEK_BACKOFFS = (0.0, 1.0, 5.0, math.inf)
 """Seconds to step back when a seek lands after its target (imprecise container indexes)."""
 EPS = 1e-6
 """Seconds of slack when comparing frame times with target times."""
+LOOKAHEAD_PACKETS = 4
+"""Packets demuxed past the decoder to show that a frame stays on screen until its target."""
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,10 @@ class SeekSampler:
         self._indexed = False  # whether _keys comes from a complete container index
         self._delay = 0.0  # seconds a keyframe is displayed after its decode time (B-frames)
         self._cur: Decoded | None = None  # answer to the last target
-        self._ahead: Decoded | None = None  # first frame after it; None at end of stream
+        self._ahead: Decoded | None = None  # the frame after it, once decoded (None: the end)
+        self._ahead_known = False  # whether _ahead was decoded
         self._packets: Iterator[av.Packet] = iter(())
+        self._demuxed: deque[av.Packet] = deque()  # read ahead, not yet decoded
         self._queue: deque[av.VideoFrame] = deque()
         self._eof = True
         self._budget = 0
@@ -179,17 +184,43 @@ class SeekSampler:
     def _frame_at(self, t: float) -> Decoded:
         cur = self._cur
         if cur is not None and cur.time <= t + EPS:
-            if self._ahead is None or t + EPS < self._ahead.time:
+            if self._shown_until(cur, t):
                 return self._check_end(cur, t)
             if self._forward_is_cheaper(t):
                 return self._check_end(self._advance(t), t)
         self._seek(t)
         return self._check_end(self._advance(t), t)
 
+    def _shown_until(self, found: Decoded, t: float) -> bool:
+        """Whether ``found``, the last frame decoded, is known to stay on screen until ``t``.
+
+        It is when the frame after it is decoded and later than ``t``; before that is decoded,
+        when no packet demuxed since the seek is shown in (``found``, ``t``] and the next
+        packet's decode time is later than ``t``: decode times never decrease along a stream and
+        no frame is shown before its decode time, so no packet after it is shown by ``t``
+        either. Up to `LOOKAHEAD_PACKETS` packets are demuxed (not decoded) to see that; they
+        are decoded later if decoding goes on from here.
+        """
+        if self._ahead_known:
+            return self._ahead is None or t + EPS < self._ahead.time
+        later = bisect.bisect_right(self._seen, found.time)
+        if later < len(self._seen) and self._seen[later] <= t + EPS:
+            return False
+        for index in range(LOOKAHEAD_PACKETS):
+            packet = self._demuxed[index] if index < len(self._demuxed) else self._demux()
+            if packet is None or packet.dts is None:
+                return False
+            if packet.pts is not None and found.time < self._line.seconds(packet.pts) <= t + EPS:
+                return False
+            if self._line.seconds(packet.dts) > t + EPS:
+                return True
+        return False
+
     def _forward_is_cheaper(self, t: float) -> bool:
         """Whether no keyframe lies between the current position and ``t``."""
-        assert self._ahead is not None
-        here, shift = self._ahead.time, self._shift()
+        assert self._cur is not None
+        here = self._ahead.time if self._ahead_known and self._ahead else self._cur.time
+        shift = self._shift()
         after = bisect.bisect_right(self._keys, here - shift)
         if after < len(self._keys) and self._keys[after] + shift <= t:
             return False  # a seek lands on that keyframe, past the current position
@@ -217,9 +248,10 @@ class SeekSampler:
                 if indexed is not None:
                     self._keys, self._indexed = indexed, True
             self._packets, self._eof = self._container.demux(self._stream), False
+            self._demuxed.clear()
             self._queue.clear()
             self._seen.clear()
-            self._cur, self._ahead = None, self._next()
+            self._cur, self._ahead, self._ahead_known = None, self._next(), True
             if self._ahead is None and target > 0.0:
                 continue  # landed past the last frame: step back
             if self._ahead is None or self._ahead.time <= t + EPS or target == 0.0:
@@ -228,19 +260,9 @@ class SeekSampler:
     def _next(self) -> Decoded | None:
         """The next frame in presentation order, or ``None`` at the end of the stream."""
         while not self._queue:
-            if self._eof:
+            if not self._demuxed and self._demux() is None:
                 return None
-            packet = next(self._packets, None)
-            if packet is None:
-                self._eof = True
-                continue
-            self._budget -= 1
-            if self._budget < 0:
-                raise MediaDecodeError(
-                    self._key, f"no frame found within {self._max_packets} packets"
-                )
-            if packet.is_keyframe and packet.pts is not None:
-                self._note_keyframe(packet.pts, packet.dts)
+            packet = self._demuxed.popleft()
             self._skip_if_hidden(packet)
             self._queue.extend(self._stream.codec_context.decode(packet))
         frame = self._queue.popleft()
@@ -248,6 +270,24 @@ class SeekSampler:
             raise NoTimestamps
         self.decoded += 1
         return Decoded(self._line.seconds(frame.pts), frame)
+
+    def _demux(self) -> av.Packet | None:
+        """Read the next packet into `_demuxed` (``None`` at the end) and note its times."""
+        if self._eof:
+            return None
+        packet = next(self._packets, None)
+        if packet is None:
+            self._eof = True
+            return None
+        self._budget -= 1
+        if self._budget < 0:
+            raise MediaDecodeError(self._key, f"no frame found within {self._max_packets} packets")
+        if packet.is_keyframe and packet.pts is not None:
+            self._note_keyframe(packet.pts, packet.dts)
+        if packet.pts is not None:
+            bisect.insort(self._seen, self._line.seconds(packet.pts))
+        self._demuxed.append(packet)
+        return packet
 
     def _skip_if_hidden(self, packet: av.Packet) -> None:
         """Let the decoder skip ``packet``'s frame if it is a non-reference frame never shown.
@@ -267,7 +307,6 @@ class SeekSampler:
             hidden = first == len(self._targets) or (
                 later < len(self._seen) and self._seen[later] <= self._targets[first] + EPS
             )
-            bisect.insort(self._seen, shown)
         if hidden != self._skipping:
             self._stream.codec_context.skip_frame = "NONREF" if hidden else "DEFAULT"
             self._skipping = hidden
@@ -280,20 +319,25 @@ class SeekSampler:
             bisect.insort(self._keys, self._line.seconds(pts))
 
     def _advance(self, t: float) -> Decoded:
-        best, frame = self._cur, self._ahead
+        best = self._cur
+        frame = self._ahead if self._ahead_known else self._next()
         while frame is not None and frame.time <= t + EPS:
-            best, frame = frame, self._next()
+            best, self._ahead_known = frame, False
+            if self._shown_until(best, t):
+                self._cur = best
+                return best
+            frame = self._next()
         if best is None:  # the first frame after the seek is already later than t
             if frame is None:
                 raise MediaDecodeError(self._key, "no decodable video frames")
             best, frame = frame, self._next()
-        self._cur, self._ahead = best, frame
+        self._cur, self._ahead, self._ahead_known = best, frame, True
         return best
 
     def _check_end(self, found: Decoded, t: float) -> Decoded:
         """Reject a stream that ends well before ``t`` (a truncated file)."""
         duration = self._line.duration or 0.0
-        if self._ahead is None and t - found.time > max(0.5, 0.1 * duration):
+        if self._ahead_known and self._ahead is None and t - found.time > max(0.5, 0.1 * duration):
             raise MediaDecodeError(
                 self._key,
                 f"video ends at {found.time:.2f}s, before the sampled time {t:.2f}s "

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from modaloom.core.errors import MediaDecodeError
 from modaloom.core.interfaces import DataContext
 from modaloom.core.registry import Registry
-from modaloom.modalities import video, video_decode
+from modaloom.modalities import video, video_decode, video_seek
 from modaloom.modalities.transforms import IMAGENET_MEAN, IMAGENET_STD
 from modaloom.modalities.video import (
     VideoProcessor,
@@ -106,6 +106,35 @@ def test_target_between_a_keyframes_decode_and_display_times_decodes_forward(
     assert [frame_index(f.rgb()) for f in frames] == [20, 23]
     assert sampler.seeks == 1
     assert sampler.decoded <= 15
+
+
+def test_the_frame_after_a_target_is_not_decoded_when_packets_show_it_later(
+    tmp_path, pattern, frame_index, monkeypatch
+):
+    """Packets' display and decode times prove that nothing else is on screen by the target, so
+    the frame after it (needed only to see that) is not decoded: one frame fewer per target."""
+    path = tmp_path / "gop12.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "12", "keyint_min": "12", "sc_threshold": "0", "threads": "1"}
+        for index in range(60):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pattern(index), format="rgb24")))
+        container.mux(stream.encode())
+    times = [(index + 0.2) / FPS for index in (3, 15, 29, 40, 50)]
+
+    def sample() -> tuple[list[int], int]:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            sampler = SeekSampler(container, stream, timeline(container, stream), "k", 100)
+            frames = sampler.sample(times)
+        return [frame_index(f.rgb()) for f in frames], sampler.decoded
+
+    looking_ahead, decoded = sample()
+    monkeypatch.setattr(video_seek, "LOOKAHEAD_PACKETS", 0)
+    decoding_after, decoded_after = sample()
+    assert looking_ahead == decoding_after == [3, 15, 29, 40, 50]
+    assert decoded == decoded_after - len(times)
 
 
 def test_consecutive_targets_in_one_gop_reuse_the_decoder(make_video, tmp_path, frame_index):
