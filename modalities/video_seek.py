@@ -168,6 +168,9 @@ class SeekSampler:
         self._budget = 0
         self._targets: list[float] = []  # the times being sampled, ascending
         self._seen: list[float] = []  # display times of the packets demuxed since the seek
+        self._last_dts: int | None = None  # decode time of the last packet demuxed since then
+        self._times_ordered = True  # False once a packet is shown before its decode time or
+        # decodes before the packet demuxed ahead of it
         self._skipping = False  # whether the decoder skips non-reference frames
         self.seeks = 0
         self.decoded = 0
@@ -199,7 +202,8 @@ class SeekSampler:
         packet's decode time is later than ``t``: decode times never decrease along a stream and
         no frame is shown before its decode time, so no packet after it is shown by ``t``
         either. Up to `LOOKAHEAD_PACKETS` packets are demuxed (not decoded) to see that; they
-        are decoded later if decoding goes on from here.
+        are decoded later if decoding goes on from here. A stream whose packets broke either
+        rule so far (`_times_ordered`) always decodes the frame after.
         """
         if self._ahead_known:
             return self._ahead is None or t + EPS < self._ahead.time
@@ -208,7 +212,7 @@ class SeekSampler:
             return False
         for index in range(LOOKAHEAD_PACKETS):
             packet = self._demuxed[index] if index < len(self._demuxed) else self._demux()
-            if packet is None or packet.dts is None:
+            if packet is None or packet.dts is None or not self._times_ordered:
                 return False
             if packet.pts is not None and found.time < self._line.seconds(packet.pts) <= t + EPS:
                 return False
@@ -251,6 +255,7 @@ class SeekSampler:
             self._demuxed.clear()
             self._queue.clear()
             self._seen.clear()
+            self._last_dts = None
             self._cur, self._ahead, self._ahead_known = None, self._next(), True
             if self._ahead is None and target > 0.0:
                 continue  # landed past the last frame: step back
@@ -286,6 +291,11 @@ class SeekSampler:
             self._note_keyframe(packet.pts, packet.dts)
         if packet.pts is not None:
             bisect.insort(self._seen, self._line.seconds(packet.pts))
+        if packet.dts is not None:
+            shown_early = packet.pts is not None and packet.pts < packet.dts
+            if shown_early or (self._last_dts is not None and packet.dts < self._last_dts):
+                self._times_ordered = False
+            self._last_dts = packet.dts
         self._demuxed.append(packet)
         return packet
 

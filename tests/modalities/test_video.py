@@ -137,6 +137,25 @@ def test_the_frame_after_a_target_is_not_decoded_when_packets_show_it_later(
     assert decoded == decoded_after - len(times)
 
 
+@pytest.mark.parametrize(
+    ("times", "ordered"),
+    [([(2, 0), (1, 1), (3, 2)], True), ([(2, 1), (4, 0)], False), ([(0, 1)], False)],
+)
+def test_packets_out_of_time_order_turn_the_look_ahead_off(times, ordered, mp4_h264_aac):
+    """(pts, dts) pairs: a decode time going back, or a frame shown before its decode time,
+    breaks what `_shown_until` relies on, so the frame after a target is decoded again."""
+    with av.open(str(mp4_h264_aac)) as container:
+        stream = container.streams.video[0]
+        sampler = SeekSampler(container, stream, timeline(container, stream), "k", 100)
+        packets = [av.Packet() for _ in times]
+        for packet, (pts, dts) in zip(packets, times, strict=True):
+            packet.pts, packet.dts = pts, dts
+        sampler._packets, sampler._eof, sampler._budget = iter(packets), False, len(packets)
+        while sampler._demux() is not None:
+            pass
+    assert sampler._times_ordered is ordered
+
+
 def test_consecutive_targets_in_one_gop_reuse_the_decoder(make_video, tmp_path, frame_index):
     path = make_video(tmp_path / "longgop.mp4", format="mp4", codec="libx264", gop=300)
     with av.open(str(path)) as container:
