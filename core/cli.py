@@ -17,7 +17,7 @@ from modaloom.core.demo import DEMO_PRESETS
 from modaloom.core.errors import ModaloomError, SpecError
 from modaloom.core.plugins import default_registry
 from modaloom.core.portable import provided_by
-from modaloom.core.process_exit import exit_launched_process, leave_process_group
+from modaloom.core.process_group import exit_launched_process, leave_process_group, prepare_to_join
 from modaloom.core.spec import build_spec_class, load_spec
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ def start_processes() -> PartialState:
     import torch
     from accelerate import PartialState
 
+    prepare_to_join()
     return PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -381,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modaloom`` script.
 
     A rank started by a launcher leaves through `exit_launched_process` once its command has
-    returned (see `modaloom.core.process_exit`); an unexpected exception still propagates.
+    returned (see `modaloom.core.process_group`); an unexpected exception still propagates.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -23,6 +23,7 @@ from modaloom.core.init_from import InitReport, InitSource, apply_init_from, res
 from modaloom.core.interfaces import Batch, Processor, Source
 from modaloom.core.optim import make_optimizer, make_scheduler
 from modaloom.core.optimizer_step import OptimizerStep
+from modaloom.core.process_group import prepare_to_join
 from modaloom.core.registry import Registry
 from modaloom.core.run_dir import ARTIFACTS_DIR, CHECKPOINTS_DIR, METRICS_FILE
 from modaloom.core.spec import spec_to_tree
@@ -75,6 +76,7 @@ def make_accelerator(precision: str, accumulation: int, **trackers: Any) -> Acce
     if precision == "fp16" and not cuda:
         raise ModaloomError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    prepare_to_join()
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=mixed,
