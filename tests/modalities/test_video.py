@@ -86,19 +86,33 @@ def test_seeking_decodes_a_fraction_of_the_clip(times, indices, seeks, mp4_h264_
     assert sampler.decoded < 20
 
 
+def write_gop12_bframes(path: Path, pattern, frames: int) -> None:
+    """An H.264 mp4 with B-frames and a keyframe every 12 frames, frame i showing pattern(i)."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "12", "keyint_min": "12", "sc_threshold": "0", "threads": "1"}
+        for index in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pattern(index), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def sample_indices(path: Path, times: list[float], frame_index) -> tuple[list[int], int]:
+    """The pattern index of each frame the seek sampler returns, and how many it decoded."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        sampler = SeekSampler(container, stream, timeline(container, stream), "k", 1000)
+        frames = sampler.sample(times)
+    return [frame_index(f.rgb()) for f in frames], sampler.decoded
+
+
 def test_target_between_a_keyframes_decode_and_display_times_decodes_forward(
     tmp_path, pattern, frame_index
 ):
     """The mp4 index holds decode times, 2 frames (B-frame reorder delay) before display times:
     a target in that gap must not seek to the keyframe (which shows after it) and back."""
     path = tmp_path / "bframes.mp4"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"g": "12", "keyint_min": "12", "sc_threshold": "0", "threads": "1"}
-        for index in range(48):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pattern(index), format="rgb24")))
-        container.mux(stream.encode())
+    write_gop12_bframes(path, pattern, 48)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         sampler = SeekSampler(container, stream, timeline(container, stream), "k", 100)
@@ -114,25 +128,12 @@ def test_the_frame_after_a_target_is_not_decoded_when_packets_show_it_later(
     """Packets' display and decode times prove that nothing else is on screen by the target, so
     the frame after it (needed only to see that) is not decoded: one frame fewer per target."""
     path = tmp_path / "gop12.mp4"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"g": "12", "keyint_min": "12", "sc_threshold": "0", "threads": "1"}
-        for index in range(60):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pattern(index), format="rgb24")))
-        container.mux(stream.encode())
+    write_gop12_bframes(path, pattern, 60)
     times = [(index + 0.2) / FPS for index in (3, 15, 29, 40, 50)]
 
-    def sample() -> tuple[list[int], int]:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            sampler = SeekSampler(container, stream, timeline(container, stream), "k", 100)
-            frames = sampler.sample(times)
-        return [frame_index(f.rgb()) for f in frames], sampler.decoded
-
-    looking_ahead, decoded = sample()
+    looking_ahead, decoded = sample_indices(path, times, frame_index)
     monkeypatch.setattr(video_seek, "LOOKAHEAD_PACKETS", 0)
-    decoding_after, decoded_after = sample()
+    decoding_after, decoded_after = sample_indices(path, times, frame_index)
     assert looking_ahead == decoding_after == [3, 15, 29, 40, 50]
     assert decoded == decoded_after - len(times)
 
@@ -447,15 +448,8 @@ def test_hidden_non_reference_frames_are_not_decoded(
     path = make_video(tmp_path / "longgop.mp4", format="mp4", codec="libx264", gop=300)
     times = sample_timestamps(3.0, 8)
 
-    def sample() -> tuple[list[int], int]:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            sampler = SeekSampler(container, stream, timeline(container, stream), "k", 1000)
-            frames = sampler.sample(times)
-        return [frame_index(f.rgb()) for f in frames], sampler.decoded
-
-    skipping, decoded = sample()
+    skipping, decoded = sample_indices(path, times, frame_index)
     monkeypatch.setattr(SeekSampler, "_skip_if_hidden", lambda self, packet: None)
-    every, all_decoded = sample()
+    every, all_decoded = sample_indices(path, times, frame_index)
     assert skipping == every == [4, 14, 23, 32, 42, 51, 60, 70]
     assert decoded <= 0.75 * all_decoded  # 44 of 72 with libx264 core 165
