@@ -239,12 +239,7 @@ class SeekSampler:
     def _seek(self, t: float) -> None:
         for back in _SEEK_BACKOFFS:
             target = max(t - back, 0.0)  # FFmpeg seeks by display time (mov: its index + ctts)
-            try:
-                self._container.seek(
-                    self._line.pts(target), stream=self._stream, backward=True, any_frame=False
-                )
-            except av.FFmpegError as exc:  # not seekable (streamed mkv without cues, ...)
-                raise SeekFailed from exc
+            self._seek_container(target)
             self._stream.codec_context.flush_buffers()
             self.seeks += 1
             if not self._indexed:
@@ -261,6 +256,30 @@ class SeekSampler:
                 continue  # landed past the last frame: step back
             if self._ahead is None or self._ahead.time <= t + EPS or target == 0.0:
                 return
+
+    def _seek_container(self, target: float) -> None:
+        """Seek to the keyframe at or before ``target`` seconds; 0 seeks to the container's start.
+
+        A stream seek to its first display time lands past the start where the demuxer seeks
+        by decode times (mpegts: the first packet decodes before it is shown), and the decoder
+        then shows nothing until the next keyframe; timestamp 0 of the container (all streams)
+        is its start. Formats that refuse it get the stream seek.
+
+        Raises:
+            SeekFailed: the container cannot seek (streamed mkv without cues, ...).
+        """
+        try:
+            if target == 0.0:
+                try:
+                    self._container.seek(0)
+                    return
+                except av.FFmpegError:
+                    pass
+            self._container.seek(
+                self._line.pts(target), stream=self._stream, backward=True, any_frame=False
+            )
+        except av.FFmpegError as exc:
+            raise SeekFailed from exc
 
     def _next(self) -> Decoded | None:
         """The next frame in presentation order, or ``None`` at the end of the stream."""

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -136,6 +137,26 @@ def test_the_frame_after_a_target_is_not_decoded_when_packets_show_it_later(
     decoding_after, decoded_after = sample_indices(path, times, frame_index)
     assert looking_ahead == decoding_after == [3, 15, 29, 40, 50]
     assert decoded == decoded_after - len(times)
+
+
+def test_mpegts_targets_before_its_second_keyframe_decode_from_the_start(tmp_path):
+    """FFmpeg seeks mpegts by decode times: a stream seek to its first display time lands on the
+    second packet (the first decodes before it is shown), and the decoder shows nothing until
+    the next keyframe (x264's scene cuts put them at frames 0, 43 and 68 here). Seeking to the
+    container's start instead gives the frames decode-all shows."""
+    path = tmp_path / "cuts.ts"
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"threads": "1"}
+        for index in range(90):
+            image = np.full((48, 64, 3), index * 7 % 256, np.uint8)
+            image[: index % 48, : index * 3 % 64] = 255 - index * 5 % 256
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    data = path.read_bytes()
+    times = [0.405, 1.3258, 2.7426, 0.5137]
+    assert torch.equal(decode_frames_at(data, times), decode_all_and_subsample(data, times))
 
 
 @pytest.mark.parametrize(
