@@ -85,3 +85,20 @@ def test_planar_stereo_is_averaged_as_ffmpeg_averages_it(joined_aac):
     ffmpeg, ours = resampled
     assert ours.shape == ffmpeg.shape
     np.testing.assert_allclose(ours, ffmpeg, rtol=0, atol=3e-7)
+
+
+def test_resampler_graph_runs_on_one_thread_and_resamples_like_av_audio_resampler():
+    frame = av.AudioFrame.from_ndarray(
+        np.linspace(-0.5, 0.5, 3000, dtype=np.float32)[None], format="fltp", layout="mono"
+    )
+    frame.sample_rate = 44100
+    graph = audio_decode._resampler_graph(frame, 16000)
+    assert graph.threads == 1
+    ours = np.concatenate(
+        audio_decode._resample(graph, frame) + audio_decode._resample(graph, None)
+    )
+    resampler = av.AudioResampler(
+        format="fltp", layout="mono", rate=16000, options={"rematrix_maxval": "1.0"}
+    )
+    outs = resampler.resample(frame) + resampler.resample(None)
+    assert np.array_equal(ours, np.concatenate([out.to_ndarray()[0] for out in outs]))
