@@ -95,7 +95,7 @@ def _resampler_graph(frame: av.AudioFrame, rate: int) -> av.filter.Graph:
 def _resample(graph: av.filter.Graph, frame: av.AudioFrame | None) -> list[np.ndarray]:
     """Push ``frame`` (``None``: the end of the stream) and pull every resampled chunk ready."""
     if frame is not None:
-        frame.pts = None  # timestamps need not be contiguous (joined files); samples are
+        frame.pts = None  # in the stream's time base, not the graph's (1/rate); samples ignore it
     graph.push(frame)
     chunks: list[np.ndarray] = []
     while True:
