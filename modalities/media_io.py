@@ -32,6 +32,7 @@ __all__ = [
     "MediaSource",
     "check_pixels",
     "decoding",
+    "kept_for",
     "open_media",
 ]
 
@@ -150,14 +151,30 @@ def _reuse(identity: tuple[str, object] | None, kind: str | None) -> _Shared | N
     Any other container kept is closed: the sample it belongs to is done.
     """
     shared = _kept()
-    if kind is None or identity is None:
-        return None
-    mine = shared is not None and shared.pid == os.getpid() and shared.identity == identity
-    if mine and shared is not None and kind not in shared.used:
+    if kind is not None and shared is not None and _waits_for(shared, identity, kind):
         shared.container.seek(0)  # mov, matroska: every stream back to its first packet
         return shared
     _release_shared()
     return None
+
+
+def _waits_for(shared: _Shared, identity: tuple[str, object] | None, kind: str) -> bool:
+    """Whether ``shared`` was opened here for the media ``identity`` and ``kind`` has not read
+    it."""
+    mine = identity is not None and shared.pid == os.getpid() and shared.identity == identity
+    return mine and kind not in shared.used
+
+
+def kept_for(source: MediaSource, key: str, kind: str) -> bool:
+    """Whether the other reader of this sample keeps ``source`` open for ``kind`` to read.
+
+    Args:
+        source: encoded media, as given to `open_media`.
+        key: the sample key.
+        kind: one of `SHARED_KINDS`.
+    """
+    shared = _kept()
+    return shared is not None and _waits_for(shared, _identity(source, key), kind)
 
 
 @contextmanager

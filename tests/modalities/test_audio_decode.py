@@ -9,8 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from modaloom.modalities import audio_decode
-from modaloom.modalities.audio_decode import average_planar_stereo, decode_audio
+from modaloom.modalities import audio_resample
+from modaloom.modalities.audio_decode import decode_audio
+from modaloom.modalities.audio_resample import average_planar_stereo
 
 
 def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
@@ -27,7 +28,7 @@ def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
                 resampler = av.AudioResampler(
                     format="fltp", layout="mono", rate=rate, options={"rematrix_maxval": "1.0"}
                 )
-            mono = audio_decode.average_planar_stereo(frame)
+            mono = average_planar_stereo(frame)
             chunks += [out.to_ndarray()[0] for out in resampler.resample(mono)]
     assert resampler is not None
     chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
@@ -51,9 +52,9 @@ def joined_aac(make_audio, media_dir: Path) -> bytes:
     return b"".join(part.read_bytes() for part in parts)
 
 
-@pytest.mark.parametrize("chunk", [audio_decode.RESAMPLE_CHUNK, 3000], ids=["default", "small"])
+@pytest.mark.parametrize("chunk", [audio_resample.RESAMPLE_CHUNK, 3000], ids=["default", "small"])
 def test_chunked_resampling_equals_per_frame(joined_aac, chunk, monkeypatch):
-    monkeypatch.setattr(audio_decode, "RESAMPLE_CHUNK", chunk)
+    monkeypatch.setattr(audio_resample, "RESAMPLE_CHUNK", chunk)
     expected = per_frame_reference(joined_aac)
     assert np.array_equal(decode_audio(joined_aac).numpy(), expected)
 
@@ -92,10 +93,10 @@ def test_resampler_graph_runs_on_one_thread_and_resamples_like_av_audio_resample
         np.linspace(-0.5, 0.5, 3000, dtype=np.float32)[None], format="fltp", layout="mono"
     )
     frame.sample_rate = 44100
-    graph = audio_decode._resampler_graph(frame, 16000)
+    graph = audio_resample.resampler_graph(frame, 16000)
     assert graph.threads == 1
     ours = np.concatenate(
-        audio_decode._resample(graph, frame) + audio_decode._resample(graph, None)
+        audio_resample.push_and_pull(graph, frame) + audio_resample.push_and_pull(graph, None)
     )
     resampler = av.AudioResampler(
         format="fltp", layout="mono", rate=16000, options={"rematrix_maxval": "1.0"}

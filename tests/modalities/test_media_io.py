@@ -42,23 +42,37 @@ def separately(source: bytes | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("as_bytes", [True, False])
-@pytest.mark.parametrize("audio_first", [False, True])
-def test_video_and_audio_of_one_sample_open_the_file_once(
-    mp4_h264_aac, opens, as_bytes, audio_first
-):
+def test_video_and_audio_of_one_sample_open_the_file_once(mp4_h264_aac, opens, as_bytes):
+    """The audio reads the container the video kept (PyAV); decoded alone, FFmpeg's own reader
+    reads it: the same samples."""
     source = mp4_h264_aac.read_bytes() if as_bytes else mp4_h264_aac
     want_video, want_audio = separately(source)
     opens.clear()
-    if audio_first:
-        audio = decode_audio(source, key="s1")
-        video = decode_video(source, 6, rng=random.Random(3), key="s1")
-    else:
-        video = decode_video(source, 6, rng=random.Random(3), key="s1")
-        audio = decode_audio(source, key="s1")
+    video = decode_video(source, 6, rng=random.Random(3), key="s1")
+    audio = decode_audio(source, key="s1")
     assert len(opens) == 1
     assert media_io._kept() is None  # closed once both have read it
     assert torch.equal(video, want_video)
     assert torch.equal(audio, want_audio)
+
+
+def test_audio_read_first_uses_ffmpegs_own_reader_and_the_video_opens_once(mp4_h264_aac, opens):
+    """Nothing tells the audio reader a video reader follows: it reads with FFmpeg's own reader,
+    and the container the video keeps for it is closed by the next sample."""
+    data = mp4_h264_aac.read_bytes()
+    want_video, want_audio = separately(data)
+    opens.clear()
+    audio = decode_audio(data, key="s1")
+    assert opens == []
+    video = decode_video(data, 6, rng=random.Random(3), key="s1")
+    assert len(opens) == 1
+    assert torch.equal(video, want_video)
+    assert torch.equal(audio, want_audio)
+    kept = media_io._kept()
+    assert kept is not None and kept.used == {"video"}
+    decode_video(data, 4, key="s2")
+    with pytest.raises(AssertionError, match="Container is not open"):
+        kept.container.seek(0)
 
 
 def test_another_sample_opens_its_own_and_closes_the_kept_one(mp4_h264_aac, opens):
@@ -104,4 +118,5 @@ def test_each_thread_keeps_its_own_container(mp4_h264_aac, opens):
     other.join()
     assert media_io._kept() is kept  # the other thread neither reused nor closed it
     assert torch.equal(decode_audio(mp4_h264_aac, key="main"), separately(mp4_h264_aac)[1])
-    assert len(opens) == 4  # main, thread, and the two of `separately`
+    assert len(opens) == 3  # main, thread, and the video of `separately` (its audio is read by
+    # FFmpeg's own reader)

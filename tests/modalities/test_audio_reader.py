@@ -1,0 +1,130 @@
+"""FFmpeg's own audio reader (`read_mono`) gives PyAV's samples, or ``None`` for PyAV to read."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from modaloom.modalities import audio_decode, audio_reader
+from modaloom.modalities.audio_decode import decode_audio
+from modaloom.modalities.audio_reader import read_mono
+from tests.modalities.conftest import write_audio
+
+FORMATS = {
+    "wav-pcm16-8k-mono": dict(format="wav", codec="pcm_s16le", rate=8000),
+    "flac-48k-stereo": dict(format="flac", codec="flac", rate=48000, layout="stereo"),
+    "ogg-opus-stereo": dict(format="ogg", codec="libopus", rate=48000, layout="stereo"),
+    "mp3-44k-stereo": dict(format="mp3", codec="libmp3lame", rate=44100, layout="stereo"),
+    "m4a-aac-44k-stereo": dict(format="ipod", codec="aac", rate=44100, layout="stereo"),
+    "m4a-aac-16k-mono": dict(format="ipod", codec="aac", rate=16000),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FORMATS))
+def audio_file(request: pytest.FixtureRequest, media_dir: Path) -> Path:
+    """3 s of a chirp (several `GATHER_SAMPLES` chunks at any of these rates) in each format."""
+    settings: dict[str, Any] = FORMATS[request.param]
+    return write_audio(
+        media_dir / f"reader-{request.param}", seconds=3.0, sweep_to=3000.0, **settings
+    )
+
+
+def pyav_samples(data: bytes, rate: int = 16000, limit: int | None = None) -> np.ndarray:
+    """`decode_audio`'s PyAV path: PyAV demuxes and decodes, `MonoResampler` resamples."""
+    with av.open(io.BytesIO(data)) as container:
+        chunks = audio_decode._decode_chunks(container, "k", rate, limit)
+    return np.concatenate(chunks)
+
+
+@pytest.mark.parametrize("gather", [audio_reader.GATHER_SAMPLES, 3000], ids=["default", "small"])
+def test_ffmpegs_reader_gives_pyavs_samples_bit_for_bit(audio_file, gather, monkeypatch):
+    monkeypatch.setattr(audio_reader, "GATHER_SAMPLES", gather)
+    data = audio_file.read_bytes()
+    chunks = read_mono(data, 16000, None)
+    assert chunks is not None and len(chunks) > 1
+    assert np.array_equal(np.concatenate(chunks), pyav_samples(data))
+
+
+def test_the_audio_track_of_a_video_file_and_a_path(mp4_h264_aac):
+    chunks = read_mono(mp4_h264_aac, 22050, None)
+    assert chunks is not None
+    assert np.array_equal(np.concatenate(chunks), pyav_samples(mp4_h264_aac.read_bytes(), 22050))
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.9])
+def test_a_limit_gives_the_first_samples_of_the_whole_stream(audio_file, seconds):
+    data = audio_file.read_bytes()
+    limit = round(seconds * 16000)
+    chunks = read_mono(data, 16000, limit)
+    assert chunks is not None
+    assert np.array_equal(np.concatenate(chunks)[:limit], pyav_samples(data)[:limit])
+
+
+def test_decode_audio_reads_bytes_without_pyavs_demuxer(audio_file, monkeypatch):
+    data = audio_file.read_bytes()
+    want = pyav_samples(data)
+
+    def no_pyav(*args: object, **kwargs: object) -> None:
+        raise AssertionError("PyAV's demuxer was used")
+
+    monkeypatch.setattr(audio_decode, "open_media", no_pyav)
+    assert np.array_equal(decode_audio(data).numpy(), want)
+
+
+def test_a_format_change_midway_is_left_to_pyav(make_audio, media_dir):
+    parts = [
+        make_audio(media_dir / "r1.aac", format="adts", codec="aac", seconds=1.0, rate=44100),
+        make_audio(media_dir / "r2.aac", format="adts", codec="aac", seconds=1.0, rate=22050),
+    ]
+    joined = b"".join(part.read_bytes() for part in parts)
+    assert read_mono(joined, 16000, None) is None
+    assert np.array_equal(decode_audio(joined).numpy(), pyav_samples(joined))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [b"not media at all", io.BytesIO(b"RIFF"), 42],
+    ids=["garbage", "file-object", "int"],
+)
+def test_what_ffmpegs_reader_cannot_read_is_none(source):
+    assert read_mono(source, 16000, None) is None
+
+
+def test_a_missing_path_is_none(tmp_path):
+    assert read_mono(tmp_path / "missing.wav", 16000, None) is None
+
+
+def test_without_in_memory_files_bytes_are_left_to_pyav(wav_file, monkeypatch):
+    monkeypatch.delattr(os, "memfd_create")
+    assert read_mono(wav_file.read_bytes(), 16000, None) is None
+    assert read_mono(wav_file, 16000, None) is not None  # paths need no in-memory file
+
+
+def test_a_refused_in_memory_file_is_none(wav_file, monkeypatch):
+    def refused(name: str) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    assert read_mono(wav_file.read_bytes(), 16000, None) is None
+
+
+def test_the_in_memory_file_is_closed(wav_file, monkeypatch):
+    opened: list[int] = []
+    real = audio_reader._in_memory_file
+
+    def recording(data: bytes) -> int | None:
+        descriptor = real(data)
+        assert descriptor is not None
+        opened.append(descriptor)
+        return descriptor
+
+    monkeypatch.setattr(audio_reader, "_in_memory_file", recording)
+    assert read_mono(wav_file.read_bytes(), 16000, None) is not None
+    with pytest.raises(OSError):
+        os.fstat(opened[0])
