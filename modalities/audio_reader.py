@@ -1,7 +1,8 @@
 """Audio read by FFmpeg's own reader (the ``amovie`` filter): demuxed and decoded in C.
 
 PyAV's demuxer and decoder hand every packet and every frame to Python: 431 of each for 10 s of
-44.1 kHz AAC, about a fifth of the time `decode_audio` took. In a filter graph, ``amovie``
+44.1 kHz AAC, and with gathering them in an `av.AudioFifo` about 2 of the 8.5 ms that PyAV's
+path takes (7.3-7.5 ms this way, interleaved runs). In a filter graph, ``amovie``
 demuxes and decodes the first audio stream and ``asetnsamples`` gathers its frames into chunks
 of `GATHER_SAMPLES` samples, so Python sees 27 chunks for those 10 s. The chunks are averaged
 and resampled as `MonoResampler` resamples PyAV's frames: the samples are the same, bit for bit
@@ -12,6 +13,11 @@ format changes midway (concatenated files) makes FFmpeg stop (``PatchWelcomeErro
 does an undecodable packet: then `read_mono` returns ``None`` and `decode_audio` decodes the
 file again with PyAV, which handles both. Bytes reach FFmpeg as an in-memory file (``memfd``,
 Linux only); where there is none, and for file objects, `read_mono` returns ``None`` at once.
+
+One difference is left: ``amovie`` takes any error reading the container as its end, where
+PyAV raises (``corrupt or truncated stream``), so a container that breaks off after whole,
+decodable packets gives the audio before the break. In the tests made for this (10 container
+kinds, cut at 30-99.9% or with random bytes overwritten), every result it gave equalled PyAV's.
 """
 
 from __future__ import annotations

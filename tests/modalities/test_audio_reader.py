@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from modaloom.core.errors import MediaDecodeError
 from modaloom.modalities import audio_decode, audio_reader
 from modaloom.modalities.audio_decode import decode_audio
 from modaloom.modalities.audio_reader import read_mono
@@ -128,3 +129,36 @@ def test_the_in_memory_file_is_closed(wav_file, monkeypatch):
     assert read_mono(wav_file.read_bytes(), 16000, None) is not None
     with pytest.raises(OSError):
         os.fstat(opened[0])
+
+
+def pyav_outcome(data: bytes) -> np.ndarray | str:
+    """PyAV's path alone: its samples or its error."""
+    try:
+        with audio_decode.open_media(data, "k") as container:
+            chunks = audio_decode._decode_chunks(container, "k", 16000, None)
+    except MediaDecodeError as error:
+        return str(error)
+    return np.concatenate(chunks) if chunks else "no samples"
+
+
+def outcome(data: bytes) -> np.ndarray | str:
+    try:
+        return decode_audio(data, key="k").numpy()
+    except MediaDecodeError as error:
+        return str(error)
+
+
+@pytest.mark.parametrize("damage", ["cut-30%", "cut-95%", "overwritten"])
+def test_damaged_files_decode_as_pyav_alone_decodes_them(audio_file, damage):
+    data = bytearray(audio_file.read_bytes())
+    if damage == "overwritten":
+        middle = len(data) // 2
+        data[middle : middle + 200] = np.random.default_rng(0).bytes(200)
+    else:
+        data = data[: len(data) * int(damage[4:-1]) // 100]
+    got, want = outcome(bytes(data)), pyav_outcome(bytes(data))
+    assert type(got) is type(want)
+    if isinstance(want, str):
+        assert got == want
+    else:
+        assert np.array_equal(got, want)
