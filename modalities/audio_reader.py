@@ -4,8 +4,8 @@ PyAV's demuxer and decoder hand every packet and every frame to Python: 431 of e
 44.1 kHz AAC, and with gathering them in an `av.AudioFifo` about 2 of the 8.5 ms that PyAV's
 path takes (7.3-7.5 ms this way, interleaved runs). In a filter graph, ``amovie``
 demuxes and decodes the first audio stream and ``asetnsamples`` gathers its frames into chunks
-of `GATHER_SAMPLES` samples, so Python sees 27 chunks for those 10 s. The chunks are averaged
-and resampled as `MonoResampler` resamples PyAV's frames: the samples are the same, bit for bit
+of `GATHER_SAMPLES` samples, so Python sees 27 chunks for those 10 s. The chunks are resampled
+as `MonoResampler` resamples PyAV's frames: the samples are the same, bit for bit
 (``tests/modalities/test_audio_reader.py``).
 
 A filter graph takes one input format. A stream whose sample rate, channel layout or sample
@@ -29,12 +29,7 @@ import av
 import av.filter
 import numpy as np
 
-from modaloom.modalities.audio_resample import (
-    average_planar_stereo,
-    push_and_pull,
-    resampler_graph,
-    samples_to_gather,
-)
+from modaloom.modalities.audio_resample import push_and_pull, resampler_graph, samples_to_gather
 from modaloom.modalities.media_io import MediaSource
 
 GATHER_SAMPLES = 1 << 14
@@ -103,9 +98,8 @@ def _read(file_name: str, sample_rate: int, limit: int | None) -> list[np.ndarra
     chunks: list[np.ndarray] = []
     total = 0
     for frame in _pulled(gathered):
-        mono = average_planar_stereo(frame)
-        resampler = resampler or resampler_graph(mono, sample_rate)
-        for chunk in push_and_pull(resampler, mono):
+        resampler = resampler or resampler_graph(frame, sample_rate)
+        for chunk in push_and_pull(resampler, frame):
             chunks.append(chunk)
             total += chunk.shape[0]
         if wanted is not None and total >= wanted:

@@ -11,7 +11,16 @@ import pytest
 
 from modaloom.modalities import audio_resample
 from modaloom.modalities.audio_decode import decode_audio
-from modaloom.modalities.audio_resample import average_planar_stereo
+
+
+def numpy_average(frame: av.AudioFrame) -> av.AudioFrame:
+    """Planar float stereo as mono, ``(left + right) * 0.5`` in numpy; other frames as they are."""
+    if frame.format.name != "fltp" or frame.layout.name != "stereo":
+        return frame
+    left, right = frame.to_ndarray()
+    mono = av.AudioFrame.from_ndarray(((left + right) * np.float32(0.5))[None], "fltp", "mono")
+    mono.sample_rate = frame.sample_rate
+    return mono
 
 
 def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
@@ -28,7 +37,7 @@ def per_frame_reference(data: bytes, rate: int = 16000) -> np.ndarray:
                 resampler = av.AudioResampler(
                     format="fltp", layout="mono", rate=rate, options={"rematrix_maxval": "1.0"}
                 )
-            mono = average_planar_stereo(frame)
+            mono = numpy_average(frame)
             chunks += [out.to_ndarray()[0] for out in resampler.resample(mono)]
     assert resampler is not None
     chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
@@ -65,27 +74,39 @@ def test_max_seconds_gives_the_first_samples_of_the_whole_stream(joined_aac, sec
     assert np.array_equal(decode_audio(joined_aac, max_seconds=seconds).numpy(), expected)
 
 
-def test_planar_stereo_is_averaged_as_ffmpeg_averages_it(joined_aac):
-    """Averaging before resampling equals FFmpeg's mix after resampling, to float rounding."""
-    with av.open(io.BytesIO(joined_aac)) as container:
+def gathered_stereo(data: bytes) -> av.AudioFrame:
+    """Every planar float stereo frame of ``data``, in one frame."""
+    with av.open(io.BytesIO(data)) as container:
         frames = [frame for frame in container.decode(audio=0) if frame.layout.name == "stereo"]
     fifo = av.AudioFifo()
     for frame in frames:
         frame.pts = None
         fifo.write(frame)
     stereo = fifo.read()
-    assert stereo.format.name == "fltp"
-    resampled = []
-    for frame, options in (
-        (stereo, {"rematrix_maxval": "1.0"}),
-        (average_planar_stereo(stereo), {}),
-    ):
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=16000, options=options)
-        outs = resampler.resample(frame) + resampler.resample(None)
-        resampled.append(np.concatenate([out.to_ndarray()[0] for out in outs]))
-    ffmpeg, ours = resampled
+    assert stereo is not None and stereo.format.name == "fltp"
+    return stereo
+
+
+def resampled(frame: av.AudioFrame, options: dict[str, str]) -> np.ndarray:
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=16000, options=options)
+    outs = resampler.resample(frame) + resampler.resample(None)
+    return np.concatenate([out.to_ndarray()[0] for out in outs])
+
+
+def test_planar_stereo_is_averaged_as_ffmpeg_averages_it(joined_aac):
+    """Averaging before resampling equals FFmpeg's mix after resampling, to float rounding."""
+    stereo = gathered_stereo(joined_aac)
+    ffmpeg = resampled(stereo, {"rematrix_maxval": "1.0"})
+    ours = resampled(numpy_average(stereo), {})
     assert ours.shape == ffmpeg.shape
     np.testing.assert_allclose(ours, ffmpeg, rtol=0, atol=3e-7)
+
+
+def test_the_resampler_graph_averages_planar_stereo_as_numpy_does(joined_aac):
+    stereo = gathered_stereo(joined_aac)
+    graph = audio_resample.resampler_graph(stereo, 16000)
+    ours = audio_resample.push_and_pull(graph, stereo) + audio_resample.push_and_pull(graph, None)
+    assert np.array_equal(np.concatenate(ours), resampled(numpy_average(stereo), {}))
 
 
 def test_resampler_graph_runs_on_one_thread_and_resamples_like_av_audio_resampler():
