@@ -12,7 +12,8 @@ run. Two sources over the same data:
   reads every sample's tar headers and decodes only its own micro-batches.
 
 A few samples are decoded before timing (first decodes in a process are slow); each setting runs
-``--repeats`` times and the best rate is kept (other jobs on a shared machine add noise).
+``--repeats`` times, the settings taking turns, and the best rate is kept (other jobs on a shared
+machine add noise; run one setting after the other, a slow spell hit one of them only).
 Rates counted after each worker's first micro-batch are the loader's throughput once running
 (``samples/s``, the ratio users see over a training run, where workers start once);
 ``incl. start`` counts from creating the loader, and ``first batch`` is the latency to the
@@ -134,13 +135,15 @@ def main() -> None:
     for name, source in sources.items():
         procs = processors(source, args.frames, args.size)
         warm_up(source, procs, args.batch_size)
+        runs: dict[int, list[tuple[float, float, float]]] = {workers: [] for workers in counts}
+        for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits every count
+            for workers in counts:
+                runs[workers].append(
+                    measure(source, procs, workers, args.batch_size, args.micro_batches)
+                )
         baseline = None
         for workers in counts:
-            runs = [
-                measure(source, procs, workers, args.batch_size, args.micro_batches)
-                for _ in range(args.repeats)
-            ]
-            steady, overall, first = max(runs)
+            steady, overall, first = max(runs[workers])
             baseline = (steady, overall) if workers == 0 else baseline
             ratios = [
                 f"{new / old:.2f}x" if baseline else "-"

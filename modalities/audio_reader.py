@@ -12,7 +12,8 @@ A filter graph takes one input format. A stream whose sample rate, channel layou
 format changes midway (concatenated files) makes FFmpeg stop (``PatchWelcomeError``), and so
 does an undecodable packet: then `read_mono` returns ``None`` and `decode_audio` decodes the
 file again with PyAV, which handles both. Bytes reach FFmpeg as an in-memory file (``memfd``,
-Linux only); where there is none, and for file objects, `read_mono` returns ``None`` at once.
+Linux only); where there is none, for file objects, and where FFmpeg lacks the filters
+(`READER_FILTERS`), `read_mono` returns ``None`` at once.
 
 One difference is left: ``amovie`` takes any error reading the container as its end, where
 PyAV raises (``corrupt or truncated stream``), so a container that breaks off after whole,
@@ -31,6 +32,9 @@ import numpy as np
 
 from modaloom.modalities.audio_resample import push_and_pull, resampler_graph, samples_to_gather
 from modaloom.modalities.media_io import MediaSource
+
+READER_FILTERS = frozenset({"amovie", "asetnsamples"})
+"""The filters the reader needs (PyAV's wheels have them; an FFmpeg of one's own may not)."""
 
 GATHER_SAMPLES = 1 << 14
 """Input samples per chunk handed to Python and resampled in one call. Half of PyAV's
@@ -52,6 +56,8 @@ def read_mono(source: MediaSource, sample_rate: int, limit: int | None) -> list[
         (S_i,) float32 chunks, or ``None`` when FFmpeg's reader cannot read ``source`` to the end
         (the caller decodes it with PyAV, which names the failure or handles the stream).
     """
+    if not READER_FILTERS.issubset(av.filter.filters_available):  # an FFmpeg without them
+        return None
     if isinstance(source, str | os.PathLike):
         return _read_or_none(os.fspath(source), sample_rate, limit)
     if not isinstance(source, bytes | bytearray | memoryview):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import av.filter
 import numpy as np
 import pytest
 
@@ -162,3 +163,9 @@ def test_damaged_files_decode_as_pyav_alone_decodes_them(audio_file, damage):
         assert got == want
     else:
         assert np.array_equal(got, want)
+
+
+def test_an_ffmpeg_without_the_readers_filters_leaves_everything_to_pyav(wav_file, monkeypatch):
+    monkeypatch.setattr(av.filter, "filters_available", av.filter.filters_available - {"amovie"})
+    assert read_mono(wav_file, 16000, None) is None
+    assert np.array_equal(decode_audio(wav_file).numpy(), pyav_samples(wav_file.read_bytes()))
