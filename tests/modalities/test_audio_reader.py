@@ -169,3 +169,13 @@ def test_an_ffmpeg_without_the_readers_filters_leaves_everything_to_pyav(wav_fil
     monkeypatch.setattr(av.filter, "filters_available", av.filter.filters_available - {"amovie"})
     assert read_mono(wav_file, 16000, None) is None
     assert np.array_equal(decode_audio(wav_file).numpy(), pyav_samples(wav_file.read_bytes()))
+
+
+def test_a_path_with_filter_syntax_characters(wav_file, tmp_path):
+    """The file name reaches ``amovie`` as an option value, never parsed as filter syntax."""
+    odd = tmp_path / "we:ird,dir" / "a'b [c]=d;e.wav"
+    odd.parent.mkdir()
+    odd.write_bytes(wav_file.read_bytes())
+    chunks = read_mono(odd, 16000, None)
+    assert chunks is not None
+    assert np.array_equal(np.concatenate(chunks), pyav_samples(wav_file.read_bytes()))
