@@ -2,7 +2,7 @@
 
 PyAV's demuxer and decoder hand every packet and every frame to Python: 431 of each for 10 s of
 44.1 kHz AAC, and with gathering them in an `av.AudioFifo` about 2 of the 8.5 ms that PyAV's
-path takes (7.3-7.5 ms this way, interleaved runs). In a filter graph, ``amovie``
+path takes (6.9-7.5 ms this way, interleaved runs). In a filter graph, ``amovie``
 demuxes and decodes the first audio stream and ``asetnsamples`` gathers its frames into chunks
 of `GATHER_SAMPLES` samples, so Python sees 27 chunks for those 10 s. The chunks are resampled
 as `MonoResampler` resamples PyAV's frames: the samples are the same, bit for bit
