@@ -13,7 +13,8 @@ format changes midway (concatenated files) makes FFmpeg stop (``PatchWelcomeErro
 does an undecodable packet: then `read_mono` returns ``None`` and `decode_audio` decodes the
 file again with PyAV, which handles both. Bytes reach FFmpeg as an in-memory file (``memfd``,
 Linux only); where there is none, for file objects, and where FFmpeg lacks the filters
-(`READER_FILTERS`), `read_mono` returns ``None`` at once.
+(`READER_FILTERS`), `read_mono` returns ``None`` at once (a missing filter or in-memory file
+is logged once at WARNING: the same samples come, more slowly).
 
 One difference is left: ``amovie`` takes any error reading the container as its end, where
 PyAV raises (``corrupt or truncated stream``), so a container that breaks off after whole,
@@ -30,6 +31,7 @@ import av
 import av.filter
 import numpy as np
 
+from modaloom.modalities.array_inputs import warn_once
 from modaloom.modalities.audio_resample import push_and_pull, resampler_graph, samples_to_gather
 from modaloom.modalities.media_io import MediaSource
 
@@ -56,7 +58,9 @@ def read_mono(source: MediaSource, sample_rate: int, limit: int | None) -> list[
         (S_i,) float32 chunks, or ``None`` when FFmpeg's reader cannot read ``source`` to the end
         (the caller decodes it with PyAV, which names the failure or handles the stream).
     """
-    if not READER_FILTERS.issubset(av.filter.filters_available):  # an FFmpeg without them
+    missing = sorted(READER_FILTERS - av.filter.filters_available)
+    if missing:
+        _say_pyav_reads(f"this FFmpeg has no {' or '.join(missing)} filter")
         return None
     if isinstance(source, str | os.PathLike):
         return _read_or_none(os.fspath(source), sample_rate, limit)
@@ -75,10 +79,12 @@ def _in_memory_file(data: bytes | bytearray | memoryview) -> int | None:
     """A file descriptor of an anonymous in-memory file holding ``data``, or ``None``."""
     create = getattr(os, "memfd_create", None)  # Linux only
     if create is None:
+        _say_pyav_reads("this system has no in-memory files (os.memfd_create)")
         return None
     try:
         descriptor: int = create("modaloom-audio")
-    except OSError:  # refused, e.g. by a sandbox's system call filter
+    except OSError as error:  # refused, e.g. by a sandbox's system call filter
+        _say_pyav_reads(f"in-memory files are refused ({error.strerror})")
         return None
     try:
         left = memoryview(data).cast("B")
@@ -88,6 +94,16 @@ def _in_memory_file(data: bytes | bytearray | memoryview) -> int | None:
         os.close(descriptor)
         return None
     return descriptor
+
+
+def _say_pyav_reads(reason: str) -> None:
+    """Warn once that ``reason`` leaves audio to PyAV's path: the same samples, more slowly."""
+    warn_once(
+        f"audio-reader:{reason}",
+        "audio: %s, so audio is decoded by PyAV's demuxer and decoder instead of FFmpeg's own "
+        "reader (the same samples, more slowly)",
+        reason,
+    )
 
 
 def _read_or_none(file_name: str, sample_rate: int, limit: int | None) -> list[np.ndarray] | None:

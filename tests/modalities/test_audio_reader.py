@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from modaloom.core.errors import MediaDecodeError
-from modaloom.modalities import audio_decode, audio_reader
+from modaloom.modalities import array_inputs, audio_decode, audio_reader
 from modaloom.modalities.audio_decode import decode_audio
 from modaloom.modalities.audio_reader import read_mono
 from tests.modalities.conftest import write_audio
@@ -102,18 +103,40 @@ def test_a_missing_path_is_none(tmp_path):
     assert read_mono(tmp_path / "missing.wav", 16000, None) is None
 
 
-def test_without_in_memory_files_bytes_are_left_to_pyav(wav_file, monkeypatch):
+@pytest.fixture
+def warnings_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Any:
+    """WARNING records of this test, with `warn_once`'s memory of earlier tests cleared."""
+    monkeypatch.setattr(array_inputs, "_warned", set())
+    caplog.set_level(logging.WARNING)
+    return caplog
+
+
+def pyav_reads(reason: str) -> str:
+    return (
+        f"audio: {reason}, so audio is decoded by PyAV's demuxer and decoder instead of FFmpeg's "
+        "own reader (the same samples, more slowly) (logged once)"
+    )
+
+
+def test_without_in_memory_files_bytes_are_left_to_pyav(wav_file, monkeypatch, warnings_once):
     monkeypatch.delattr(os, "memfd_create")
     assert read_mono(wav_file.read_bytes(), 16000, None) is None
+    assert read_mono(wav_file.read_bytes(), 16000, None) is None
     assert read_mono(wav_file, 16000, None) is not None  # paths need no in-memory file
+    assert warnings_once.messages == [
+        pyav_reads("this system has no in-memory files (os.memfd_create)")
+    ]
 
 
-def test_a_refused_in_memory_file_is_none(wav_file, monkeypatch):
+def test_a_refused_in_memory_file_is_none(wav_file, monkeypatch, warnings_once):
     def refused(name: str) -> int:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "memfd_create", refused)
     assert read_mono(wav_file.read_bytes(), 16000, None) is None
+    assert warnings_once.messages == [
+        pyav_reads("in-memory files are refused (Operation not permitted)")
+    ]
 
 
 def test_the_in_memory_file_is_closed(wav_file, monkeypatch):
@@ -165,10 +188,13 @@ def test_damaged_files_decode_as_pyav_alone_decodes_them(audio_file, damage):
         assert np.array_equal(got, want)
 
 
-def test_an_ffmpeg_without_the_readers_filters_leaves_everything_to_pyav(wav_file, monkeypatch):
+def test_an_ffmpeg_without_the_readers_filters_leaves_everything_to_pyav(
+    wav_file, monkeypatch, warnings_once
+):
     monkeypatch.setattr(av.filter, "filters_available", av.filter.filters_available - {"amovie"})
     assert read_mono(wav_file, 16000, None) is None
     assert np.array_equal(decode_audio(wav_file).numpy(), pyav_samples(wav_file.read_bytes()))
+    assert warnings_once.messages == [pyav_reads("this FFmpeg has no amovie filter")]
 
 
 def test_a_path_with_filter_syntax_characters(wav_file, tmp_path):
